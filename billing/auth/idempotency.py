@@ -1,0 +1,107 @@
+"""Idempotency-Key for API writes: a retry gets the first response and changes nothing more.
+
+The record is added to the session before the view runs, so it commits in the same transaction
+as the service's writes: either both are kept or neither. A concurrent second request with the
+same key blocks on the unique key and then sees the first one's record."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Callable
+
+from flask import Response, request
+from sqlalchemy.exc import IntegrityError
+
+from billing.auth.access import current_principal
+from billing.auth.models import IdempotencyRecord
+from billing.errors import Conflict, InvalidInput
+from billing.extensions import db
+
+HEADER = "Idempotency-Key"
+
+
+def _request_hash() -> str:
+    digest = hashlib.sha256()
+    digest.update(request.method.encode())
+    digest.update(request.path.encode())
+    digest.update(request.get_data() or b"")
+    return digest.hexdigest()
+
+
+def _lookup(principal: str, key: str) -> IdempotencyRecord | None:
+    return db.session.execute(
+        db.select(IdempotencyRecord).where(
+            IdempotencyRecord.principal == principal, IdempotencyRecord.key == key
+        )
+    ).scalar_one_or_none()
+
+
+def _replay(record: IdempotencyRecord, request_hash: str) -> Response:
+    if record.request_hash != request_hash:
+        raise InvalidInput(
+            f"This {HEADER} was used before for a different request; use a new key.",
+            slug="idempotency-key-reused",
+        )
+    if record.status_code is None:
+        raise Conflict(
+            f"A request with this {HEADER} is still being processed; retry in a moment.",
+            slug="idempotency-in-progress",
+        )
+    response = Response(
+        json.dumps(record.response_body), status=record.status_code, mimetype="application/json"
+    )
+    response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+def idempotent(required: bool = False) -> Callable:
+    def decorate(view: Callable) -> Callable:
+        @functools.wraps(view)
+        def wrapper(*args, **kwargs):
+            key = request.headers.get(HEADER)
+            if not key:
+                if required:
+                    raise InvalidInput(
+                        f"This request needs an {HEADER} header.", slug="idempotency-key-required"
+                    )
+                return view(*args, **kwargs)
+            if len(key) > 255:
+                raise InvalidInput(f"{HEADER} is at most 255 characters.")
+            principal = current_principal()
+            who = principal.actor if principal else "anonymous"
+            request_hash = _request_hash()
+            existing = _lookup(who, key)
+            if existing is not None:
+                return _replay(existing, request_hash)
+            record = IdempotencyRecord(principal=who, key=key, request_hash=request_hash)
+            db.session.add(record)
+            try:
+                db.session.flush()
+            except IntegrityError:
+                db.session.rollback()
+                existing = _lookup(who, key)
+                if existing is None:
+                    raise
+                return _replay(existing, request_hash)
+            result = view(*args, **kwargs)
+            response = result if isinstance(result, Response) else None
+            if response is None:
+                from flask import make_response
+
+                response = make_response(result)
+            if response.status_code < 500 and response.is_json:
+                record = db.session.merge(record)
+                record.status_code = response.status_code
+                record.response_body = response.get_json()
+                db.session.commit()
+            return response
+
+        wrapper._idempotent = True
+        for attr in ("_roles",):
+            if hasattr(view, attr):
+                setattr(wrapper, attr, getattr(view, attr))
+        return wrapper
+
+    return decorate

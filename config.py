@@ -1,0 +1,84 @@
+"""Configuration, read from the environment. Never put secrets in this file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+class Config:
+    SECRET_KEY = _env("SECRET_KEY", "dev-only-not-secret")
+    SQLALCHEMY_DATABASE_URI = _env("DATABASE_URL")
+    SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
+    MAX_CONTENT_LENGTH = int(_env("MAX_CONTENT_LENGTH", str(1024 * 1024)))
+    JSON_SORT_KEYS = False
+
+    # OpenAPI (flask-smorest)
+    API_TITLE = "Med-spa membership billing"
+    API_VERSION = "v1"
+    OPENAPI_VERSION = "3.0.3"
+    OPENAPI_URL_PREFIX = "/api/v1"
+    OPENAPI_JSON_PATH = "openapi.json"
+
+    # The clinic. Rate and inclusivity of tax are settings, not constants in code.
+    CLINIC_NAME = _env("CLINIC_NAME", "Cutis Medical Laser Clinics")
+    CLINIC_TIMEZONE = _env("CLINIC_TIMEZONE", "Asia/Singapore")
+    CLINIC_CURRENCY = _env("CLINIC_CURRENCY", "SGD")
+    TAX_RATE_BP = int(_env("TAX_RATE_BP", "900"))  # basis points: 900 = 9 % GST
+    PRICES_INCLUDE_TAX = _env("PRICES_INCLUDE_TAX", "true").lower() == "true"
+    GRACE_PERIOD_DAYS = int(_env("GRACE_PERIOD_DAYS", "7"))
+    CONSULTATION_VALID_DAYS = int(_env("CONSULTATION_VALID_DAYS", "365"))
+
+    # Stripe: the features that need it refuse with a clear error when these are missing.
+    STRIPE_API_KEY = _env("STRIPE_API_KEY")
+    STRIPE_WEBHOOK_SECRET = _env("STRIPE_WEBHOOK_SECRET")
+    STRIPE_API_BASE = _env("STRIPE_API_BASE")  # e.g. http://127.0.0.1:8420 for localstripe
+    STRIPE_USE_LEGACY_PLANS = _env("STRIPE_USE_LEGACY_PLANS", "false").lower() == "true"
+    STRIPE_WEBHOOK_TOLERANCE = int(_env("STRIPE_WEBHOOK_TOLERANCE", "300"))
+
+    SCHEDULER_ENABLED = _env("SCHEDULER_ENABLED", "false").lower() == "true"
+
+
+class DevelopmentConfig(Config):
+    DEBUG = True
+    SQLALCHEMY_DATABASE_URI = _env(
+        "DATABASE_URL", f"sqlite:///{BASE_DIR / 'instance' / 'billing.db'}"
+    )
+
+
+class TestingConfig(Config):
+    TESTING = True
+    SECRET_KEY = "testing"
+    SQLALCHEMY_DATABASE_URI = _env("TEST_DATABASE_URL", "sqlite://")
+    STRIPE_WEBHOOK_SECRET = "whsec_test_secret"
+
+
+class ProductionConfig(Config):
+    @classmethod
+    def validate(cls) -> None:
+        if not _env("DATABASE_URL"):
+            raise RuntimeError("ProductionConfig needs DATABASE_URL (postgresql+psycopg://...)")
+        if not _env("SECRET_KEY"):
+            raise RuntimeError("ProductionConfig needs SECRET_KEY")
+
+
+CONFIGS = {
+    "development": DevelopmentConfig,
+    "testing": TestingConfig,
+    "production": ProductionConfig,
+}
+
+
+def config_for(name: str | None = None) -> type[Config]:
+    name = name or _env("BILLING_ENV", "development")
+    try:
+        return CONFIGS[name]
+    except KeyError:
+        raise RuntimeError(f"BILLING_ENV must be one of {sorted(CONFIGS)}, not {name!r}") from None
