@@ -1,0 +1,845 @@
+"""The ledger's verbs. Every rule about credits lives here: how a period is granted and valued,
+which credit a redemption consumes, when credits expire or roll over, what a refund takes back.
+
+Callers pass `now`; nothing here reads the clock. Each verb that writes locks the memberships it
+touches (SELECT ... FOR UPDATE on PostgreSQL), so two desks cannot both spend the last credit."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import selectinload
+
+from billing.entitlements.models import Credit, CreditGrant, EntryKind, LedgerEntry, ProductType
+from billing.errors import Conflict, InvalidInput, NotFound
+from billing.extensions import db
+from billing.memberships.models import Membership, State
+from billing.money import allocate, div_round_half_up, net_of_tax, tax_on_net
+from billing.periods import add_interval
+from billing.plans.models import ItemKind, PlanItem, PlanKind, PlanVersion, Treatment, UnusedRule
+from billing.settings import ClinicSettings, clinic_settings
+
+GRANTABLE_STATES = {State.ACTIVE, State.CANCEL_AT_PERIOD_END, State.PAST_DUE}
+
+
+class InsufficientCredits(Conflict):
+    slug, title = "insufficient-credits", "Not enough credits"
+
+
+@dataclass(frozen=True)
+class GrantSource:
+    """Why credits are granted: a paid invoice, an upgrade, a gift claim, an admin."""
+
+    ref: str  # unique per source: "invoice:in_123", "upgrade:evt_9", "admin:key:1:2026-03"
+    actor: str
+    invoice_id: int | None = None
+    net_amount_minor: int | None = None  # the fee, ex-tax, to allocate; None: the version's price
+    reason: str = ""
+
+
+@dataclass
+class Lot:
+    """A credit with what is left of it, derived from its ledger entries."""
+
+    credit: Credit
+    remaining: int
+    value_minor: int
+    expires_at: datetime
+
+    def covers(self, treatment_id: int) -> bool:
+        if self.credit.treatment_id is not None:
+            return self.credit.treatment_id == treatment_id
+        item = self.credit.plan_item
+        return item is not None and any(o.treatment_id == treatment_id for o in item.options)
+
+    @property
+    def is_choice(self) -> bool:
+        return self.credit.treatment_id is None
+
+    def is_live(self, now: datetime) -> bool:
+        return self.remaining > 0 and self.expires_at > now
+
+
+@dataclass
+class Redemption:
+    entries: list[LedgerEntry] = field(default_factory=list)
+
+    @property
+    def quantity(self) -> int:
+        return -sum(e.quantity for e in self.entries)
+
+    @property
+    def value_minor(self) -> int:
+        return -sum(e.value_minor for e in self.entries)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the ledger
+
+
+def lock_memberships(ids: Iterable[int]) -> None:
+    """Serialise writers per membership (in id order, so two lockers never deadlock)."""
+    ids = sorted(set(ids))
+    if ids:
+        db.session.execute(
+            sa.select(Membership.id)
+            .where(Membership.id.in_(ids))
+            .order_by(Membership.id)
+            .with_for_update()
+        ).all()
+
+
+def lots(membership_ids: Sequence[int], *, include_empty: bool = False) -> list[Lot]:
+    """Every credit of these memberships with its derived balance, value and expiry."""
+    if not membership_ids:
+        return []
+    q = (
+        sa.select(
+            LedgerEntry.credit_id,
+            sa.func.sum(LedgerEntry.quantity),
+            sa.func.sum(LedgerEntry.value_minor),
+            sa.func.max(LedgerEntry.expires_at),
+        )
+        .where(LedgerEntry.membership_id.in_(list(membership_ids)))
+        .group_by(LedgerEntry.credit_id)
+    )
+    if not include_empty:
+        q = q.having(sa.func.sum(LedgerEntry.quantity) > 0)
+    rows = db.session.execute(q).all()
+    if not rows:
+        return []
+    credits = {
+        c.id: c
+        for c in db.session.execute(
+            sa.select(Credit)
+            .where(Credit.id.in_([r[0] for r in rows]))
+            .options(selectinload(Credit.plan_item).selectinload(PlanItem.options))
+        ).scalars()
+    }
+    result = [
+        Lot(credit=credits[cid], remaining=int(qty), value_minor=int(val), expires_at=exp)
+        for cid, qty, val, exp in rows
+    ]
+    result.sort(key=_consumption_order)
+    return result
+
+
+def _consumption_order(lot: Lot):
+    # The credit that expires first is used first; on a tie a single-treatment credit before a
+    # choice credit (which keeps the client's options open), then the oldest.
+    return (lot.expires_at, 1 if lot.is_choice else 0, lot.credit.id)
+
+
+def live_lots(membership_ids: Sequence[int], now: datetime, treatment_id: int | None = None):
+    return [
+        lot
+        for lot in lots(membership_ids)
+        if lot.is_live(now) and (treatment_id is None or lot.covers(treatment_id))
+    ]
+
+
+def balance(membership_ids: Sequence[int], treatment_id: int, now: datetime) -> int:
+    return sum(lot.remaining for lot in live_lots(membership_ids, now, treatment_id))
+
+
+# ---------------------------------------------------------------------------------------------
+# Granting
+
+
+def ssp_per_credit(item: PlanItem) -> int:
+    """Standalone selling price of one credit of a plan item (per unit for unit treatments)."""
+    if item.ssp_override_minor is not None:
+        return item.ssp_override_minor
+    if item.kind == ItemKind.CHOICE:
+        prices = [o.treatment.list_price_minor for o in item.options]
+        return div_round_half_up(sum(prices), len(prices)) if prices else 0
+    return item.treatment.list_price_minor
+
+
+def version_net_price(version: PlanVersion, settings: ClinicSettings) -> int:
+    if version.tax_inclusive:
+        return net_of_tax(version.price_minor, settings.tax_rate_bp)
+    return version.price_minor
+
+
+def credit_expiry(version: PlanVersion, period_start: datetime, period_end: datetime, settings):
+    """Series credits last a fixed time from purchase; tier credits until their period ends
+    (or, with a slower grant cadence, until the cadence's last billing period ends)."""
+    if version.plan.kind == PlanKind.SERIES and version.credit_validity_days:
+        return period_start + timedelta(days=version.credit_validity_days)
+    if version.grant_every_periods > 1:
+        return add_interval(
+            period_start,
+            version.interval,
+            version.interval_count * version.grant_every_periods,
+            settings.tz,
+        )
+    return period_end
+
+
+def grant_period(
+    membership: Membership,
+    period_start: datetime,
+    period_end: datetime,
+    source: GrantSource,
+    *,
+    now: datetime,
+    items: Sequence[tuple[PlanItem, int]] | None = None,
+    settings: ClinicSettings | None = None,
+    commit: bool = True,
+) -> CreditGrant:
+    """Grant a period's credits once per (membership, period, source); a repeat returns the first.
+
+    The period's net fee is allocated across the credits by standalone selling price, to the
+    cent, and stored with them: what a credit is worth never changes after it is granted."""
+    settings = settings or clinic_settings()
+    if period_end <= period_start:
+        raise InvalidInput("A period must end after it starts.")
+    existing = _find_grant(membership.id, period_start, source.ref)
+    if existing is not None:
+        return existing
+    lock_memberships([membership.id])
+    existing = _find_grant(membership.id, period_start, source.ref)
+    if existing is not None:
+        return existing
+    if membership.state not in GRANTABLE_STATES:
+        raise Conflict(
+            f"Membership {membership.id} is {membership.state}: it cannot be granted credits.",
+            slug="membership-not-grantable",
+        )
+    version = membership.plan_version
+    lines = list(items) if items is not None else [(i, i.quantity) for i in version.items]
+    net = source.net_amount_minor
+    if net is None:
+        net = version_net_price(version, settings)
+    if net < 0:
+        raise InvalidInput("The amount to allocate cannot be negative.")
+    ssps = [ssp_per_credit(item) for item, _ in lines]
+    shares = allocate(net, [ssp * qty for ssp, (_, qty) in zip(ssps, lines, strict=True)])
+    expires_at = credit_expiry(version, period_start, period_end, settings)
+    product_type = ProductType.SERIES if version.plan.kind == PlanKind.SERIES else ProductType.TIER
+    if membership.source == "gift":
+        product_type = ProductType.GIFT
+    grant = CreditGrant(
+        membership_id=membership.id,
+        period_start=period_start,
+        period_end=period_end,
+        source_ref=source.ref,
+        invoice_id=source.invoice_id,
+        plan_version_id=version.id,
+        net_amount_minor=net,
+        currency=version.currency,
+        actor=source.actor,
+        reason=source.reason,
+        created_at=now,
+    )
+    try:
+        with db.session.begin_nested():
+            db.session.add(grant)
+            db.session.flush()
+    except IntegrityError:  # a concurrent delivery of the same source won the race
+        existing = _find_grant(membership.id, period_start, source.ref)
+        if existing is None:
+            raise
+        return existing
+    for (item, qty), ssp, share in zip(lines, ssps, shares, strict=True):
+        if qty <= 0:
+            continue
+        credit = Credit(
+            grant_id=grant.id,
+            membership_id=membership.id,
+            plan_item_id=item.id,
+            treatment_id=item.treatment_id if item.kind == ItemKind.TREATMENT else None,
+            product_type=product_type,
+            unit_label=item.treatment.unit_label if item.treatment else "session",
+            quantity=qty,
+            ssp_unit_minor=ssp,
+            allocated_minor=share,
+            currency=version.currency,
+            period_start=period_start,
+            period_end=period_end,
+            expires_at=expires_at,
+            created_at=now,
+        )
+        db.session.add(credit)
+        db.session.flush()
+        db.session.add(
+            _entry(
+                credit,
+                EntryKind.GRANT,
+                qty,
+                share,
+                expires_at,
+                now,
+                source.actor,
+                reason=source.reason or f"granted for {source.ref}",
+                invoice_id=source.invoice_id,
+            )
+        )
+    if commit:
+        db.session.commit()
+    return grant
+
+
+def _find_grant(membership_id: int, period_start: datetime, ref: str) -> CreditGrant | None:
+    return db.session.execute(
+        sa.select(CreditGrant).where(
+            CreditGrant.membership_id == membership_id,
+            CreditGrant.period_start == period_start,
+            CreditGrant.source_ref == ref,
+        )
+    ).scalar_one_or_none()
+
+
+def _entry(
+    credit: Credit,
+    kind: EntryKind,
+    quantity: int,
+    value: int,
+    expires_at: datetime,
+    now: datetime,
+    actor: str,
+    **fields,
+) -> LedgerEntry:
+    return LedgerEntry(
+        credit_id=credit.id,
+        membership_id=credit.membership_id,
+        kind=kind,
+        quantity=quantity,
+        value_minor=value,
+        currency=credit.currency,
+        expires_at=expires_at,
+        period_start=credit.period_start,
+        period_end=credit.period_end,
+        actor=actor,
+        created_at=now,
+        **fields,
+    )
+
+
+def granted_this_period(membership: Membership, period_start: datetime) -> dict[tuple, int]:
+    """What this membership was granted for the period, keyed like `item_key`."""
+    rows = db.session.execute(
+        sa.select(Credit)
+        .join(CreditGrant, Credit.grant_id == CreditGrant.id)
+        .where(CreditGrant.membership_id == membership.id, CreditGrant.period_start == period_start)
+        .options(selectinload(Credit.plan_item).selectinload(PlanItem.options))
+    ).scalars()
+    totals: dict[tuple, int] = defaultdict(int)
+    for credit in rows:
+        if credit.plan_item is not None:
+            totals[item_key(credit.plan_item)] += credit.quantity
+    return totals
+
+
+def item_key(item: PlanItem) -> tuple:
+    """Items of two versions are 'the same' when they cover the same treatments."""
+    if item.kind == ItemKind.CHOICE:
+        return ("choice", frozenset(o.treatment_id for o in item.options))
+    return ("treatment", item.treatment_id)
+
+
+def upgrade_difference(
+    membership: Membership, new_version: PlanVersion, period_start: datetime
+) -> list[tuple[PlanItem, int]]:
+    """What the new version includes beyond what this period already granted."""
+    already = granted_this_period(membership, period_start)
+    extra = []
+    for item in new_version.items:
+        missing = item.quantity - already.get(item_key(item), 0)
+        if missing > 0:
+            extra.append((item, missing))
+    return extra
+
+
+# ---------------------------------------------------------------------------------------------
+# Spending
+
+
+def redeem(
+    *,
+    membership_ids: Sequence[int],
+    treatment: Treatment,
+    quantity: int,
+    member_id: int,
+    now: datetime,
+    actor: str,
+    visit_line_id: int | None = None,
+    reason: str = "",
+    commit: bool = True,
+) -> Redemption:
+    """Consume `quantity` credits for a treatment, the credits that expire first first.
+
+    All or nothing: if the live balance is short, InsufficientCredits and nothing is written."""
+    if not isinstance(quantity, int) or isinstance(quantity, bool) or quantity <= 0:
+        raise InvalidInput("The quantity to redeem must be a whole number above zero.")
+    lock_memberships(membership_ids)
+    candidates = live_lots(membership_ids, now, treatment.id)
+    memberships = {
+        m.id: m
+        for m in db.session.execute(
+            sa.select(Membership).where(Membership.id.in_(list(membership_ids)))
+        ).scalars()
+    }
+    usable = [lot for lot in candidates if _beneficiary_room(lot, memberships, member_id) > 0]
+    available = sum(
+        min(lot.remaining, _beneficiary_room(lot, memberships, member_id)) for lot in usable
+    )
+    if available < quantity:
+        unit = treatment.unit_label if treatment.in_units else "session"
+        have = f"{available} {unit}{'' if available == 1 else 's'}"
+        raise InsufficientCredits(
+            f"Not enough credits for {treatment.name}: {have} left, {quantity} asked.",
+            available=available,
+        )
+    result = Redemption()
+    wanted = quantity
+    for lot in usable:
+        if wanted == 0:
+            break
+        take = min(wanted, lot.remaining, _beneficiary_room(lot, memberships, member_id))
+        if take <= 0:
+            continue
+        value = (
+            lot.value_minor
+            if take == lot.remaining
+            else div_round_half_up(lot.value_minor * take, lot.remaining)
+        )
+        entry = _entry(
+            lot.credit,
+            EntryKind.REDEEM,
+            -take,
+            -value,
+            lot.expires_at,
+            now,
+            actor,
+            visit_line_id=visit_line_id,
+            member_id=member_id,
+            reason=reason or f"redeemed: {treatment.name}",
+        )
+        db.session.add(entry)
+        result.entries.append(entry)
+        wanted -= take
+    db.session.flush()
+    if commit:
+        db.session.commit()
+    return result
+
+
+def _beneficiary_room(lot: Lot, memberships: dict[int, Membership], member_id: int) -> int:
+    """A household partner may be limited to N credits of an item per period."""
+    membership = memberships[lot.credit.membership_id]
+    item = lot.credit.plan_item
+    if member_id == membership.member_id or item is None or item.beneficiary_limit is None:
+        return lot.remaining
+    used = -(
+        db.session.execute(
+            sa.select(sa.func.coalesce(sa.func.sum(LedgerEntry.quantity), 0))
+            .join(Credit, LedgerEntry.credit_id == Credit.id)
+            .where(
+                Credit.membership_id == membership.id,
+                Credit.plan_item_id == item.id,
+                Credit.period_start == lot.credit.period_start,
+                LedgerEntry.member_id == member_id,
+                LedgerEntry.kind.in_([EntryKind.REDEEM, EntryKind.REVERSE]),
+            )
+        ).scalar_one()
+    )
+    return max(0, item.beneficiary_limit - used)
+
+
+def reverse(
+    entry: LedgerEntry, *, actor: str, reason: str, now: datetime, commit: bool = True
+) -> LedgerEntry:
+    """Undo a redemption with an opposite entry (never a delete); each redemption once."""
+    if entry.kind != EntryKind.REDEEM:
+        raise InvalidInput("Only a redemption can be reversed.")
+    if not reason:
+        raise InvalidInput("A reversal needs a reason.", errors={"reason": ["required"]})
+    lock_memberships([entry.membership_id])
+    already = db.session.execute(
+        sa.select(LedgerEntry.id).where(LedgerEntry.reverses_entry_id == entry.id)
+    ).first()
+    if already:
+        raise Conflict("This redemption was already reversed.", slug="already-reversed")
+    current_expiry = db.session.execute(
+        sa.select(sa.func.max(LedgerEntry.expires_at)).where(
+            LedgerEntry.credit_id == entry.credit_id
+        )
+    ).scalar_one()
+    back = _entry(
+        entry.credit,
+        EntryKind.REVERSE,
+        -entry.quantity,
+        -entry.value_minor,
+        current_expiry,
+        now,
+        actor,
+        visit_line_id=entry.visit_line_id,
+        member_id=entry.member_id,
+        reverses_entry_id=entry.id,
+        reason=reason,
+        dedupe_key=f"reverse:{entry.id}",
+    )
+    db.session.add(back)
+    db.session.flush()
+    if commit:
+        db.session.commit()
+    return back
+
+
+# ---------------------------------------------------------------------------------------------
+# Time passing: expiry, rollover, pauses
+
+
+def expire_unused(
+    membership: Membership,
+    *,
+    now: datetime,
+    actor: str = "system:expire_credits",
+    settings: ClinicSettings | None = None,
+    commit: bool = True,
+) -> list[LedgerEntry]:
+    """Credits past their expiry either roll over (by the tier's rule) or expire as breakage.
+
+    Safe to run late or twice: it only acts on credits whose balance is still above zero and
+    whose expiry has passed, under the membership's lock. A paused membership's credits wait:
+    its expiries move when it resumes."""
+    settings = settings or clinic_settings()
+    if membership.state == State.PAUSED:
+        return []
+    lock_memberships([membership.id])
+    version = membership.plan_version
+    written: list[LedgerEntry] = []
+    carried_by_item: dict[tuple, int] = defaultdict(int)
+    for lot in lots([membership.id]):
+        if lot.expires_at > now:
+            continue
+        carry = 0
+        if _may_roll_over(lot, membership, version):
+            cap = version.rollover_cap
+            key = (
+                item_key(lot.credit.plan_item)
+                if lot.credit.plan_item
+                else ("credit", lot.credit.id)
+            )
+            room = lot.remaining if cap is None else max(0, cap - carried_by_item[key])
+            carry = min(lot.remaining, room)
+            carried_by_item[key] += carry
+        if carry:
+            new_expiry = add_interval(
+                lot.expires_at, version.interval, version.interval_count, settings.tz
+            )
+            written.append(
+                _entry(
+                    lot.credit,
+                    EntryKind.ROLLOVER,
+                    0,
+                    0,
+                    new_expiry,
+                    now,
+                    actor,
+                    reason=f"{carry} rolled over to {new_expiry.date().isoformat()}",
+                )
+            )
+        excess = lot.remaining - carry
+        if excess:
+            value = (
+                lot.value_minor
+                if carry == 0
+                else div_round_half_up(lot.value_minor * excess, lot.remaining)
+            )
+            written.append(
+                _entry(
+                    lot.credit,
+                    EntryKind.EXPIRE,
+                    -excess,
+                    -value,
+                    lot.expires_at,
+                    now,
+                    actor,
+                    reason="expired unused",
+                )
+            )
+    db.session.add_all(written)
+    db.session.flush()
+    if commit:
+        db.session.commit()
+    return written
+
+
+def _may_roll_over(lot: Lot, membership: Membership, version: PlanVersion) -> bool:
+    if lot.credit.product_type != ProductType.TIER or membership.state == State.CANCELED:
+        return False
+    if version.unused_rule != UnusedRule.ROLLOVER:
+        return False
+    times = db.session.execute(
+        sa.select(sa.func.count()).where(
+            LedgerEntry.credit_id == lot.credit.id, LedgerEntry.kind == EntryKind.ROLLOVER
+        )
+    ).scalar_one()
+    return times < version.rollover_max_periods
+
+
+def end_all_credits(
+    membership: Membership, *, now: datetime, actor: str, reason: str, commit: bool = True
+) -> list[LedgerEntry]:
+    """An immediate cancellation forfeits what is left: each live credit expires now (breakage)."""
+    lock_memberships([membership.id])
+    written = [
+        _entry(
+            lot.credit,
+            EntryKind.EXPIRE,
+            -lot.remaining,
+            -lot.value_minor,
+            lot.expires_at,
+            now,
+            actor,
+            reason=reason,
+        )
+        for lot in lots([membership.id])
+    ]
+    db.session.add_all(written)
+    db.session.flush()
+    if commit:
+        db.session.commit()
+    return written
+
+
+def extend_for_pause(
+    membership: Membership, *, paused_for: timedelta, now: datetime, actor: str, commit: bool = True
+) -> list[LedgerEntry]:
+    """A pause freezes the clock on live credits: their expiry moves later by the pause's length."""
+    if paused_for <= timedelta(0):
+        return []
+    lock_memberships([membership.id])
+    written = [
+        _entry(
+            lot.credit,
+            EntryKind.ADJUST,
+            0,
+            0,
+            lot.expires_at + paused_for,
+            now,
+            actor,
+            reason=f"expiry extended by the pause ({paused_for.days} days)",
+        )
+        for lot in lots([membership.id])
+    ]
+    db.session.add_all(written)
+    db.session.flush()
+    if commit:
+        db.session.commit()
+    return written
+
+
+def adjust(
+    credit: Credit, delta: int, *, actor: str, reason: str, now: datetime, commit: bool = True
+) -> LedgerEntry:
+    """An admin's correction of a credit's quantity, with a reason; never below zero."""
+    if not reason:
+        raise InvalidInput("An adjustment needs a reason.", errors={"reason": ["required"]})
+    if delta == 0:
+        raise InvalidInput("An adjustment must change the quantity.")
+    lock_memberships([credit.membership_id])
+    lot = next(
+        (x for x in lots([credit.membership_id], include_empty=True) if x.credit.id == credit.id),
+        None,
+    )
+    if lot is None:
+        raise NotFound(f"No credit {credit.id}.")
+    if lot.remaining + delta < 0:
+        raise InvalidInput(f"Only {lot.remaining} left on this credit; cannot remove {-delta}.")
+    value = 0
+    if delta < 0:
+        value = -(
+            lot.value_minor
+            if -delta == lot.remaining
+            else div_round_half_up(lot.value_minor * -delta, lot.remaining)
+        )
+    entry = _entry(
+        credit, EntryKind.ADJUST, delta, value, lot.expires_at, now, actor, reason=reason
+    )
+    db.session.add(entry)
+    db.session.flush()
+    if commit:
+        db.session.commit()
+    return entry
+
+
+# ---------------------------------------------------------------------------------------------
+# Refunds and disputes
+
+
+@dataclass
+class ClawbackResult:
+    entries: list[LedgerEntry]
+    clawed_value_minor: int
+    shortfall_minor: int  # ex-tax value of credits already used: the member owes it
+    receivable_id: int | None = None
+
+
+def clawback(
+    invoice_id: int,
+    *,
+    source_ref: str,
+    now: datetime,
+    actor: str,
+    refunded_net_minor: int | None = None,
+    settings: ClinicSettings | None = None,
+    commit: bool = True,
+) -> ClawbackResult:
+    """A refunded or disputed invoice takes back the credits it granted that are still unused.
+
+    Credits already used cannot be taken back: their value (up to what was refunded) is recorded
+    as an amount the member owes, shown to staff, never silently ignored. Once per source."""
+    from billing.payments.models import Invoice, Receivable
+
+    settings = settings or clinic_settings()
+    invoice = db.session.get(Invoice, invoice_id)
+    if invoice is None:
+        raise NotFound(f"No invoice {invoice_id}.")
+    grants = (
+        db.session.execute(sa.select(CreditGrant).where(CreditGrant.invoice_id == invoice_id))
+        .scalars()
+        .all()
+    )
+    membership_ids = sorted({g.membership_id for g in grants})
+    lock_memberships(membership_ids)
+    done = db.session.execute(
+        sa.select(LedgerEntry.id).where(LedgerEntry.dedupe_key.like(f"clawback:{source_ref}:%"))
+    ).first()
+    receivable_done = db.session.execute(
+        sa.select(Receivable.id).where(Receivable.dedupe_key == f"clawback:{source_ref}")
+    ).first()
+    if done or receivable_done:
+        return ClawbackResult([], 0, 0)
+    credit_ids = {c.id for g in grants for c in g.credits}
+    granted_value = sum(c.allocated_minor for g in grants for c in g.credits)
+    target = granted_value if refunded_net_minor is None else min(refunded_net_minor, granted_value)
+    all_lots = [
+        lot for lot in lots(membership_ids, include_empty=True) if lot.credit.id in credit_ids
+    ]
+    # Take back the credits that would be used last first: they are the least likely promised.
+    live = sorted(
+        (lot for lot in all_lots if lot.remaining > 0), key=_consumption_order, reverse=True
+    )
+    entries, clawed = [], 0
+    for lot in live:
+        if clawed >= target:
+            break
+        entries.append(
+            _entry(
+                lot.credit,
+                EntryKind.CLAWBACK,
+                -lot.remaining,
+                -lot.value_minor,
+                lot.expires_at,
+                now,
+                actor,
+                invoice_id=invoice_id,
+                reason=f"clawed back: {source_ref}",
+                dedupe_key=f"clawback:{source_ref}:{lot.credit.id}",
+            )
+        )
+        clawed += lot.value_minor
+    db.session.add_all(entries)
+    used_value = _used_value(credit_ids)
+    shortfall = max(0, min(target - clawed, used_value))
+    result = ClawbackResult(entries, clawed, shortfall)
+    if shortfall > 0 and invoice.member_id is not None:
+        owed = (
+            shortfall + tax_on_net(shortfall, settings.tax_rate_bp)
+            if settings.prices_include_tax
+            else shortfall
+        )
+        receivable = Receivable(
+            member_id=invoice.member_id,
+            membership_id=invoice.membership_id,
+            invoice_id=invoice.id,
+            amount_minor=owed,
+            currency=invoice.currency,
+            reason=f"Treatments already received from refunded invoice ({source_ref})",
+            dedupe_key=f"clawback:{source_ref}",
+            created_at=now,
+        )
+        db.session.add(receivable)
+        db.session.flush()
+        result.receivable_id = receivable.id
+    db.session.flush()
+    if commit:
+        db.session.commit()
+    return result
+
+
+def _used_value(credit_ids: set[int]) -> int:
+    if not credit_ids:
+        return 0
+    return -int(
+        db.session.execute(
+            sa.select(sa.func.coalesce(sa.func.sum(LedgerEntry.value_minor), 0)).where(
+                LedgerEntry.credit_id.in_(credit_ids),
+                LedgerEntry.kind.in_([EntryKind.REDEEM, EntryKind.REVERSE]),
+            )
+        ).scalar_one()
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# What a member sees
+
+
+@dataclass
+class Entitlement:
+    """One line of "what I have left": a treatment (or choice group) across its live credits."""
+
+    label: str
+    treatment_ids: list[int]
+    unit_label: str
+    remaining: int
+    next_expiry: datetime | None
+    value_at_list_minor: int
+    currency: str
+    lots: list[Lot]
+
+
+def entitlements(membership_ids: Sequence[int], now: datetime) -> list[Entitlement]:
+    grouped: dict[tuple, list[Lot]] = defaultdict(list)
+    for lot in live_lots(membership_ids, now):
+        credit = lot.credit
+        key = (
+            ("treatment", credit.treatment_id)
+            if credit.treatment_id
+            else item_key(credit.plan_item)
+        )
+        grouped[key].append(lot)
+    result = []
+    for _key, group in grouped.items():
+        credit = group[0].credit
+        if credit.treatment_id:
+            treatments = [credit.treatment]
+            label = credit.treatment.name
+        else:
+            treatments = [o.treatment for o in credit.plan_item.options]
+            label = credit.plan_item.label or "Any of: " + ", ".join(t.name for t in treatments)
+        list_price = max(t.list_price_minor for t in treatments) if treatments else 0
+        remaining = sum(lot.remaining for lot in group)
+        result.append(
+            Entitlement(
+                label=label,
+                treatment_ids=[t.id for t in treatments],
+                unit_label=credit.unit_label,
+                remaining=remaining,
+                next_expiry=min(lot.expires_at for lot in group),
+                value_at_list_minor=remaining * list_price,
+                currency=credit.currency,
+                lots=group,
+            )
+        )
+    result.sort(key=lambda e: (e.next_expiry, e.label))
+    return result
