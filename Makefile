@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 FLASK  := $(BIN)/flask --app wsgi
 PG_ADMIN_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/postgres
 
-.PHONY: install run test lint format test-sqlite test-postgres bench soak clean
+.PHONY: install run test lint format test-sqlite test-postgres browser bench soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ install: $(VENV)/.installed
 run: install
 	$(FLASK) db upgrade
 	$(FLASK) billing catalog load billing/plans/default_catalog.yaml
-	$(FLASK) run --host 127.0.0.1 --port 5000
+	SCHEDULER_ENABLED=true $(FLASK) run --host 127.0.0.1 --port 5000 --no-reload
 
 lint: install
 	$(BIN)/ruff check .
@@ -40,7 +40,18 @@ test-postgres: install
 	  echo "SKIPPED the PostgreSQL run: no PostgreSQL server could be started (see above)."; \
 	fi
 
-test: lint test-sqlite test-postgres
+# The browser tests drive Debian's Chromium (never a downloaded browser); install it when missing.
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "Installing Debian's chromium for the browser tests..."; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "No /usr/bin/chromium and no way to install it: the browser tests will be skipped."; \
+	  fi; \
+	fi
+
+test: lint browser test-sqlite test-postgres
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache .ruff_cache
