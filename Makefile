@@ -19,7 +19,7 @@ install: $(VENV)/.installed
 
 run: install
 	$(FLASK) db upgrade
-	$(FLASK) billing catalog load billing/plans/default_catalog.yaml
+	$(FLASK) billing catalog load --if-empty billing/plans/default_catalog.yaml
 	SCHEDULER_ENABLED=true $(FLASK) run --host 127.0.0.1 --port 5000 --no-reload
 
 lint: install

@@ -17,10 +17,15 @@ from billing.errors import Forbidden, Unauthorized
 PUBLIC = "public"
 
 
+_ENV_KEY = "billing.principal"
+
+
 def current_principal() -> Principal | None:
-    if "principal" not in g:
-        g.principal = _from_request()
-    return g.principal
+    """Who is calling, worked out once per request (cached on the request, not on `g`, which can
+    outlive a request when an app context is shared)."""
+    if _ENV_KEY not in request.environ:
+        request.environ[_ENV_KEY] = _from_request()
+    return request.environ[_ENV_KEY]
 
 
 def _from_request() -> Principal | None:

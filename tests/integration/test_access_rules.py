@@ -66,3 +66,10 @@ def test_a_role_not_admitted_is_403(app, client, keys, role):
         assert response.status_code == 403, (
             f"{role}: {method} {rule.rule} -> {response.status_code}"
         )
+
+
+def test_the_caller_is_worked_out_per_request_not_per_app_context(client, admin):
+    """The tests share one app context across requests; a request without a key must not
+    inherit the previous request's caller."""
+    assert client.get("/api/v1/plans", headers=admin).status_code == 200
+    assert client.get("/api/v1/plans").status_code == 401
