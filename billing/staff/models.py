@@ -24,6 +24,19 @@ class CredentialKind(StrEnum):
     PHYSICIAN = "physician"
 
 
+class StaffRole(StrEnum):
+    """What someone does at the clinic. The role says nothing about licences: credentials do."""
+
+    RECEPTIONIST = "receptionist"
+    AESTHETICIAN = "aesthetician"
+    MEDICAL_AESTHETICIAN = "medical_aesthetician"
+    NURSE = "nurse"
+    NURSE_PRACTITIONER = "nurse_practitioner"
+    PHYSICIAN_ASSISTANT = "physician_assistant"
+    PHYSICIAN = "physician"
+    MANAGER = "manager"
+
+
 class Staff(db.Model):
     __tablename__ = "staff"
 
@@ -36,11 +49,21 @@ class Staff(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_default)
 
     credentials: Mapped[list[Credential]] = relationship(
-        back_populates="staff", cascade="all, delete-orphan"
+        back_populates="staff", cascade="all, delete-orphan", order_by="Credential.id"
     )
+    location = relationship("Location")
 
     def valid_credentials(self, on: date) -> set[str]:
         return {c.kind for c in self.credentials if c.expires_on is None or c.expires_on >= on}
+
+    def lapsed_credentials(self, on: date) -> dict[str, date]:
+        """Credentials that have expired and are not renewed: kind -> the day the last one ended."""
+        valid = self.valid_credentials(on)
+        lapsed: dict[str, date] = {}
+        for c in self.credentials:
+            if c.kind not in valid and c.expires_on is not None:
+                lapsed[c.kind] = max(lapsed.get(c.kind, c.expires_on), c.expires_on)
+        return lapsed
 
     def is_physician(self, on: date) -> bool:
         return CredentialKind.PHYSICIAN in self.valid_credentials(on)
@@ -68,6 +91,9 @@ class DutyShift(db.Model):
     staff_id: Mapped[int] = mapped_column(sa.ForeignKey("staff.id"), index=True)
     location_id: Mapped[int] = mapped_column(sa.ForeignKey("locations.id"))
     day: Mapped[date] = mapped_column(sa.Date)
+
+    staff: Mapped[Staff] = relationship()
+    location = relationship("Location")
 
     __table_args__ = (sa.UniqueConstraint("staff_id", "location_id", "day"),)
 

@@ -1,0 +1,144 @@
+"""Desks racing for the last credit, on PostgreSQL with real concurrent connections.
+
+Each thread is a desk with its own app context (so its own session and connection) and its own
+test client; a barrier releases them at the same moment."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+from billing.checkout.models import Visit, VisitLine
+from billing.entitlements import service as ledger
+from billing.entitlements.models import EntryKind, LedgerEntry
+from billing.extensions import db
+from billing.staff.models import Staff
+from tests import factories as f
+
+pytestmark = pytest.mark.postgres_only
+
+DESKS = 8
+ROUNDS = 4
+
+
+@pytest.fixture
+def shop(app, clock):
+    orchard = f.location("orchard")
+    facial = f.treatment("hydrafacial", name="HydraFacial", price=20000, category="spa_facial")
+    tier = f.plan([(facial, 1)], code="glow")
+    therapist = Staff(name="Bea", role="aesthetician", location_id=orchard.id)
+    db.session.add(therapist)
+    db.session.commit()
+    return facial, tier, therapist
+
+
+def _client_with_credits(tier, clock, visits: int) -> tuple[int, int, list[int]]:
+    m = f.active_membership(tier, now=clock())
+    ids = []
+    for _ in range(visits):
+        visit = Visit(member_id=m.member_id, location_id=f.location("orchard").id, opened_by="t")
+        visit.currency = "SGD"
+        db.session.add(visit)
+        db.session.flush()
+        ids.append(visit.id)
+    db.session.commit()
+    return m.id, m.member_id, ids
+
+
+def _race(app, requests: list[tuple[str, dict, dict]]) -> list[tuple[int, dict]]:
+    """Send each (url, json, headers) from its own thread at the same moment."""
+    barrier = threading.Barrier(len(requests), timeout=30)
+    results: list = [None] * len(requests)
+
+    def desk(i: int) -> None:
+        url, body, headers = requests[i]
+        with app.app_context():
+            client = app.test_client()
+            barrier.wait()
+            response = client.post(url, json=body, headers=headers)
+            results[i] = (response.status_code, response.get_json())
+            db.session.remove()
+
+    threads = [threading.Thread(target=desk, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert all(r is not None for r in results), "a desk never answered"
+    return results
+
+
+def test_desks_racing_for_the_last_credit_exactly_one_wins(app, shop, keys, clock):
+    facial, tier, therapist = shop
+    staff = keys.headers("staff")
+    for _ in range(ROUNDS):
+        membership_id, _, visits = _client_with_credits(tier, clock, visits=2)  # two desks
+        requests = [
+            (
+                f"/api/v1/visits/{visits[i % 2]}/lines",
+                {"treatment": "hydrafacial", "provider_id": therapist.id, "pay_with": "credits"},
+                {**staff, "Idempotency-Key": uuid.uuid4().hex},
+            )
+            for i in range(DESKS)
+        ]
+        results = _race(app, requests)
+        codes = sorted(code for code, _ in results)
+        assert codes == [201] + [409] * (DESKS - 1), results
+        losers = [body for code, body in results if code == 409]
+        assert all(b["type"].endswith("/insufficient-credits") for b in losers)
+        assert all("0 sessions left, 1 asked" in b["detail"] for b in losers)
+        db.session.expire_all()
+        assert ledger.balance([membership_id], facial.id, clock()) == 0
+        redeemed = db.session.execute(
+            sa.select(sa.func.count(LedgerEntry.id)).where(
+                LedgerEntry.membership_id == membership_id, LedgerEntry.kind == EntryKind.REDEEM
+            )
+        ).scalar_one()
+        assert redeemed == 1
+    never_negative = db.session.execute(
+        sa.select(LedgerEntry.credit_id)
+        .group_by(LedgerEntry.credit_id)
+        .having(sa.func.sum(LedgerEntry.quantity) < 0)
+    ).all()
+    assert never_negative == []
+
+
+def test_in_auto_mode_the_losers_are_charged_and_the_credit_is_spent_once(app, shop, keys, clock):
+    facial, tier, therapist = shop
+    staff = keys.headers("staff")
+    membership_id, _, visits = _client_with_credits(tier, clock, visits=2)
+    requests = [
+        (
+            f"/api/v1/visits/{visits[i % 2]}/lines",
+            {"treatment": "hydrafacial", "provider_id": therapist.id},
+            {**staff, "Idempotency-Key": uuid.uuid4().hex},
+        )
+        for i in range(DESKS)
+    ]
+    results = _race(app, requests)
+    statuses = sorted(body["status"] for code, body in results if code == 201)
+    assert statuses == ["charged"] * (DESKS - 1) + ["redeemed"]
+    db.session.expire_all()
+    assert ledger.balance([membership_id], facial.id, clock()) == 0
+
+
+def test_the_same_idempotency_key_sent_by_several_desks_at_once_redeems_once(
+    app, shop, keys, clock
+):
+    facial, tier, therapist = shop
+    tier2 = f.plan([(facial, 5)], code="glow-five")
+    staff = keys.headers("staff")
+    membership_id, _, visits = _client_with_credits(tier2, clock, visits=1)
+    headers = {**staff, "Idempotency-Key": "retry-storm"}
+    body = {"treatment": "hydrafacial", "provider_id": therapist.id}
+    results = _race(app, [(f"/api/v1/visits/{visits[0]}/lines", body, headers)] * DESKS)
+    created = {b["id"] for code, b in results if code == 201}
+    assert len(created) == 1
+    others = [b for code, b in results if code != 201]
+    assert all(b["type"].endswith("/idempotency-in-progress") for b in others)
+    db.session.expire_all()
+    assert ledger.balance([membership_id], facial.id, clock()) == 4
+    assert db.session.execute(sa.select(sa.func.count(VisitLine.id))).scalar_one() == 1
