@@ -80,6 +80,7 @@ def revise(version: PlanVersion, *, price: int, items: list | None = None) -> Pl
     new = PlanVersion(
         plan=version.plan, version=version.version + 1, price_minor=price, currency=version.currency
     )
+    db.session.add(new)
     for position, (t, qty) in enumerate(
         items or [(i.treatment, i.quantity) for i in version.items]
     ):

@@ -31,6 +31,12 @@ class InsufficientCredits(Conflict):
     slug, title = "insufficient-credits", "Not enough credits"
 
 
+class TreatmentNotIncluded(InsufficientCredits):
+    """The membership never had a credit for this treatment: not "none left" but "not in it"."""
+
+    slug, title = "treatment-not-included", "Not included in the membership"
+
+
 @dataclass(frozen=True)
 class GrantSource:
     """Why credits are granted: a paid invoice, an upgrade, a gift claim, an admin."""
@@ -214,11 +220,20 @@ def grant_period(
         )
     version = membership.plan_version
     lines = list(items) if items is not None else [(i, i.quantity) for i in version.items]
+    lines = [(item, qty) for item, qty in lines if qty > 0]  # an empty line gets no share
     net = source.net_amount_minor
     if net is None:
         net = version_net_price(version, settings)
     if net < 0:
         raise InvalidInput("The amount to allocate cannot be negative.")
+    if not lines:
+        # A tier with no credits (a discount-only tier) still records its paid period, once;
+        # there is nothing for its fee to be deferred against.
+        if source.net_amount_minor:
+            raise InvalidInput(
+                "There is nothing to allocate the amount to: no item with a quantity above zero."
+            )
+        net = 0
     ssps = [ssp_per_credit(item) for item, _ in lines]
     shares = allocate(net, [ssp * qty for ssp, (_, qty) in zip(ssps, lines, strict=True)])
     expires_at = credit_expiry(version, period_start, period_end, settings)
@@ -390,6 +405,13 @@ def redeem(
     available = sum(
         min(lot.remaining, _beneficiary_room(lot, memberships, member_id)) for lot in usable
     )
+    if available < quantity and not _ever_covered(membership_ids, treatment.id):
+        raise TreatmentNotIncluded(
+            f"{treatment.name} is not included in this membership: it never had a credit for "
+            "it. Charge it as a paid treatment instead.",
+            available=0,
+            treatment_id=treatment.id,
+        )
     if available < quantity:
         unit = treatment.unit_label if treatment.in_units else "session"
         have = f"{available} {unit}{'' if available == 1 else 's'}"
@@ -429,6 +451,24 @@ def redeem(
     if commit:
         db.session.commit()
     return result
+
+
+def _ever_covered(membership_ids: Sequence[int], treatment_id: int) -> bool:
+    """Did any credit of these memberships, live, used up or expired, ever cover the treatment,
+    or does their tier include it (a membership waiting for its first payment has no credit)?"""
+    if any(lot.covers(treatment_id) for lot in lots(membership_ids, include_empty=True)):
+        return True
+    versions = db.session.execute(
+        sa.select(PlanVersion)
+        .join(Membership, Membership.plan_version_id == PlanVersion.id)
+        .where(Membership.id.in_(list(membership_ids)))
+    ).scalars()
+    return any(
+        t.id == treatment_id
+        for version in versions
+        for item in version.items
+        for t in item.treatments
+    )
 
 
 def _beneficiary_room(lot: Lot, memberships: dict[int, Membership], member_id: int) -> int:
@@ -520,8 +560,17 @@ def expire_unused(
     for lot in lots([membership.id]):
         if lot.expires_at > now:
             continue
-        carry = 0
-        if _may_roll_over(lot, membership, version):
+        # A run that comes late may find a credit whose next expiry has also passed: it rolls
+        # over period by period (each counts towards the tier's limit) and expires if it still
+        # ends in the past, so nothing past its expiry survives a run.
+        carry, expiries = 0, []
+        left = _rollovers_left(lot, membership, version)
+        expiry = lot.expires_at
+        while left and expiry <= now:
+            expiry = add_interval(expiry, version.interval, version.interval_count, settings.tz)
+            expiries.append(expiry)
+            left -= 1
+        if expiries and expiry > now:
             cap = version.rollover_cap
             key = (
                 item_key(lot.credit.plan_item)
@@ -532,10 +581,7 @@ def expire_unused(
             carry = min(lot.remaining, room)
             carried_by_item[key] += carry
         if carry:
-            new_expiry = add_interval(
-                lot.expires_at, version.interval, version.interval_count, settings.tz
-            )
-            written.append(
+            written.extend(
                 _entry(
                     lot.credit,
                     EntryKind.ROLLOVER,
@@ -546,6 +592,7 @@ def expire_unused(
                     actor,
                     reason=f"{carry} rolled over to {new_expiry.date().isoformat()}",
                 )
+                for new_expiry in expiries
             )
         excess = lot.remaining - carry
         if excess:
@@ -573,17 +620,18 @@ def expire_unused(
     return written
 
 
-def _may_roll_over(lot: Lot, membership: Membership, version: PlanVersion) -> bool:
+def _rollovers_left(lot: Lot, membership: Membership, version: PlanVersion) -> int:
+    """How many more periods this credit may still roll over by the tier's rule."""
     if lot.credit.product_type != ProductType.TIER or membership.state == State.CANCELED:
-        return False
+        return 0
     if version.unused_rule != UnusedRule.ROLLOVER:
-        return False
+        return 0
     times = db.session.execute(
         sa.select(sa.func.count()).where(
             LedgerEntry.credit_id == lot.credit.id, LedgerEntry.kind == EntryKind.ROLLOVER
         )
     ).scalar_one()
-    return times < version.rollover_max_periods
+    return max(0, version.rollover_max_periods - times)
 
 
 def end_all_credits(
@@ -614,10 +662,14 @@ def end_all_credits(
 def extend_for_pause(
     membership: Membership, *, paused_for: timedelta, now: datetime, actor: str, commit: bool = True
 ) -> list[LedgerEntry]:
-    """A pause freezes the clock on live credits: their expiry moves later by the pause's length."""
+    """A pause freezes the clock on live credits: their expiry moves later by the pause's length.
+
+    Only credits still live when the pause began move: one that had already expired stays
+    expired (expire_unused deals with it)."""
     if paused_for <= timedelta(0):
         return []
     lock_memberships([membership.id])
+    paused_at = now - paused_for
     written = [
         _entry(
             lot.credit,
@@ -630,6 +682,7 @@ def extend_for_pause(
             reason=f"expiry extended by the pause ({paused_for.days} days)",
         )
         for lot in lots([membership.id])
+        if lot.expires_at > paused_at
     ]
     db.session.add_all(written)
     db.session.flush()
@@ -748,9 +801,27 @@ def clawback(
             )
         )
         clawed += lot.value_minor
-    db.session.add_all(entries)
     used_value = _used_value(credit_ids)
     shortfall = max(0, min(target - clawed, used_value))
+    if not entries and all_lots and (not shortfall or invoice.member_id is None):
+        # Nothing to take back (all used up or expired): still mark the refund as handled, so
+        # a redelivery after a credit came back (a reversed redemption) takes nothing then.
+        lot = min(all_lots, key=lambda x: x.credit.id)
+        db.session.add(
+            _entry(
+                lot.credit,
+                EntryKind.CLAWBACK,
+                0,
+                0,
+                lot.expires_at,
+                now,
+                actor,
+                invoice_id=invoice_id,
+                reason=f"refund {source_ref}: nothing left to take back",
+                dedupe_key=f"clawback:{source_ref}:{lot.credit.id}",
+            )
+        )
+    db.session.add_all(entries)
     result = ClawbackResult(entries, clawed, shortfall)
     if shortfall > 0 and invoice.member_id is not None:
         owed = (
@@ -843,3 +914,146 @@ def entitlements(membership_ids: Sequence[int], now: datetime) -> list[Entitleme
         )
     result.sort(key=lambda e: (e.next_expiry, e.label))
     return result
+
+
+# ---------------------------------------------------------------------------------------------
+# For the API: what a member may use, a membership's history, an admin's corrections.
+
+
+@dataclass
+class MembershipEntitlements:
+    """One usable membership and what is left on it, as its owner or a beneficiary sees it."""
+
+    membership: Membership
+    role: str  # owner | beneficiary
+    balances: list[Entitlement]
+
+
+@dataclass
+class LedgerPage:
+    items: list[LedgerEntry]
+    limit: int
+    offset: int
+    next_offset: int | None
+
+
+def member_entitlements(member_id: int, now: datetime) -> list[MembershipEntitlements]:
+    """For each membership the member may redeem from (their own, and any naming them as a
+    beneficiary): what is left, per treatment or choice group, with every live credit lot."""
+    from billing.members.models import Member
+    from billing.memberships.service import memberships_usable_by
+
+    if db.session.get(Member, member_id) is None:
+        raise NotFound(f"No member {member_id}.")
+    return [
+        MembershipEntitlements(
+            membership=m,
+            role="owner" if m.member_id == member_id else "beneficiary",
+            balances=entitlements([m.id], now),
+        )
+        for m in memberships_usable_by(member_id)
+    ]
+
+
+def ledger_page(membership_id: int, *, limit: int = 50, offset: int = 0) -> LedgerPage:
+    """A membership's ledger, newest first, a page at a time (at most 200 entries)."""
+    limit = max(1, min(limit, 200))
+    offset = max(0, offset)
+    rows = (
+        db.session.execute(
+            sa.select(LedgerEntry)
+            .where(LedgerEntry.membership_id == membership_id)
+            .order_by(LedgerEntry.created_at.desc(), LedgerEntry.id.desc())
+            .options(
+                selectinload(LedgerEntry.credit).selectinload(Credit.treatment),
+                selectinload(LedgerEntry.credit).selectinload(Credit.plan_item),
+            )
+            .limit(limit + 1)
+            .offset(offset)
+        )
+        .scalars()
+        .all()
+    )
+    more = len(rows) > limit
+    return LedgerPage(rows[:limit], limit, offset, offset + limit if more else None)
+
+
+def credit_label(credit: Credit) -> str:
+    if credit.treatment is not None:
+        return credit.treatment.name
+    item = credit.plan_item
+    if item is None:
+        return "credit"
+    return item.label or "Any of: " + ", ".join(o.treatment.name for o in item.options)
+
+
+@dataclass
+class Adjustment:
+    entry: LedgerEntry
+    remaining: int
+
+
+def adjust_credit(
+    credit_id: int, delta: int, *, actor: str, reason: str, now: datetime
+) -> Adjustment:
+    """adjust, with the credit named by its id; says what is left on it afterwards."""
+    credit = db.session.get(Credit, credit_id)
+    if credit is None:
+        raise NotFound(f"No credit {credit_id}.")
+    entry = adjust(credit, delta, actor=actor, reason=reason, now=now)
+    remaining = db.session.execute(
+        sa.select(sa.func.coalesce(sa.func.sum(LedgerEntry.quantity), 0)).where(
+            LedgerEntry.credit_id == credit_id
+        )
+    ).scalar_one()
+    return Adjustment(entry, int(remaining))
+
+
+def manual_grant(
+    membership: Membership,
+    *,
+    reason: str,
+    actor: str,
+    now: datetime,
+    period_start: datetime | None = None,
+    period_end: datetime | None = None,
+    net_amount_minor: int = 0,
+    items: Sequence[dict] | None = None,
+) -> CreditGrant:
+    """An admin grants a period's credits by hand (a goodwill period, a payment taken outside
+    Stripe), with a reason. Worth nothing unless the admin says money was received for it.
+
+    The period defaults to the membership's current one; the items to the whole tier, or to
+    chosen items of it ({plan_item_id, quantity})."""
+    if not (reason or "").strip():
+        raise InvalidInput("A manual grant needs a reason.", errors={"reason": ["required"]})
+    period_start = period_start or membership.current_period_start
+    period_end = period_end or membership.current_period_end
+    if period_start is None or period_end is None:
+        raise InvalidInput(
+            "This membership has no current period: give period_start and period_end.",
+            errors={"period_start": ["required"], "period_end": ["required"]},
+        )
+    lines = None
+    if items is not None:
+        by_id = {item.id: item for item in membership.plan_version.items}
+        unknown = [line["plan_item_id"] for line in items if line["plan_item_id"] not in by_id]
+        if unknown:
+            raise InvalidInput(
+                f"Plan items {unknown} are not part of this membership's tier.",
+                errors={"items": [f"unknown plan_item_id {i}" for i in unknown]},
+            )
+        lines = [(by_id[line["plan_item_id"]], line["quantity"]) for line in items]
+    return grant_period(
+        membership,
+        period_start,
+        period_end,
+        GrantSource(
+            ref=f"admin:{actor}:{now.isoformat()}",
+            actor=actor,
+            net_amount_minor=net_amount_minor,
+            reason=reason.strip(),
+        ),
+        now=now,
+        items=lines,
+    )

@@ -92,6 +92,10 @@ class Membership(db.Model):
             self.grace_ends_at is None or now < self.grace_ends_at
         )
 
+    def redemption_blocked(self, now: datetime) -> bool:
+        """Past due and the grace period is over: the desk may not redeem until it is paid."""
+        return self.state == State.PAST_DUE and not self.in_grace(now)
+
     def can_redeem(self, now: datetime) -> bool:
         return self.is_active or self.in_grace(now)
 

@@ -5,12 +5,12 @@ Stripe's webhooks call the same verbs as the API (with the event id as the actor
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
 from billing.entitlements import service as ledger
-from billing.errors import Conflict, InvalidInput, NotFound
+from billing.errors import Conflict, Forbidden, InvalidInput, NotFound
 from billing.extensions import db
 from billing.members.models import Member
 from billing.memberships.models import (
@@ -21,6 +21,7 @@ from billing.memberships.models import (
     State,
     grace_end,
 )
+from billing.money import div_round_half_up
 from billing.plans.models import PlanKind, PlanVersion
 from billing.settings import ClinicSettings, clinic_settings
 
@@ -311,13 +312,21 @@ def cancel(
 
     Before the committed number of paid periods: refused, unless the tier defines an early
     termination fee (recorded here, charged through Stripe) or an admin overrides with a reason."""
+    if membership.state == State.CANCELED:
+        raise IllegalTransition(
+            "This membership is already canceled.",
+            current_state=membership.state,
+            requested_state=State.CANCELED.value,
+        )
+    if at_period_end and membership.state == State.CANCEL_AT_PERIOD_END:
+        return membership  # asked again (a retry, or Stripe echoing it): nothing more to do
     terms = cancellation_terms(membership)
     data: dict = {"at_period_end": at_period_end}
     if terms["periods_remaining"] and membership.state != State.PENDING:
         fee = membership.plan_version.early_termination_fee_minor
         if override_reason:
             if not is_admin:
-                raise Conflict(
+                raise Forbidden(
                     "Only an admin may override the minimum commitment.",
                     slug="override-needs-admin",
                 )
@@ -447,7 +456,7 @@ def change_tier(
             current_state=membership.state,
             requested_state=membership.state,
         )
-    upgrade = _monthly_price(new_version) > _monthly_price(old)
+    upgrade = _costs_more_per_month(new_version, old)
     event = MembershipEvent(
         membership_id=membership.id,
         kind="tier_change",
@@ -496,9 +505,13 @@ def change_tier(
     return event
 
 
-def _monthly_price(version: PlanVersion) -> float:
-    months = version.interval_count * (12 if version.interval == "year" else 1)
-    return version.price_minor / months
+def _months(version: PlanVersion) -> int:
+    return version.interval_count * (12 if version.interval == "year" else 1)
+
+
+def _costs_more_per_month(new: PlanVersion, old: PlanVersion) -> bool:
+    """new.price / new.months > old.price / old.months, in integers (no floats for money)."""
+    return new.price_minor * _months(old) > old.price_minor * _months(new)
 
 
 def _prorated_difference(membership, old, new, now, settings) -> int:
@@ -507,9 +520,11 @@ def _prorated_difference(membership, old, new, now, settings) -> int:
     if not start or not end or end <= now:
         return 0
     diff = ledger.version_net_price(new, settings) - ledger.version_net_price(old, settings)
-    left = (end - now).total_seconds()
-    total = (end - start).total_seconds()
-    return max(0, round(diff * left / total))
+    if diff <= 0:
+        return 0
+    left = (end - max(now, start)) // timedelta(microseconds=1)
+    total = (end - start) // timedelta(microseconds=1)
+    return div_round_half_up(diff * left, total)
 
 
 def _apply_pending_downgrade(membership, *, now, actor, stripe_event_id=None) -> None:
@@ -610,3 +625,123 @@ def memberships_usable_by(member_id: int) -> list[Membership]:
             .order_by(Membership.id)
         ).scalars()
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# For the API: the same verbs, addressed by ids and codes, and what a member is shown.
+
+
+def current_version(*, plan_code: str | None = None, plan_version_id: int | None = None):
+    """The version a new member joins: always the plan's current one. Naming an older version
+    is refused rather than silently swapped, so nobody is signed up at a price they did not see."""
+    from billing.plans.models import Plan
+
+    if (plan_code is None) == (plan_version_id is None):
+        raise InvalidInput(
+            "Name the plan by its code (plan) or its version (plan_version_id), not both.",
+            errors={"plan": ["give plan or plan_version_id"]},
+        )
+    if plan_version_id is not None:
+        version = db.session.get(PlanVersion, plan_version_id)
+        if version is None:
+            raise InvalidInput(
+                f"No plan version {plan_version_id}.",
+                errors={"plan_version_id": ["unknown plan version"]},
+            )
+        current = version.plan.current_version
+        if current is not None and current.id != version.id:
+            raise Conflict(
+                f"Version {version.version} of {version.plan.name} is no longer sold; new "
+                f"members join version {current.version} (plan_version_id {current.id}).",
+                slug="version-not-current",
+                current_plan_version_id=current.id,
+            )
+        return version
+    plan = db.session.execute(sa.select(Plan).where(Plan.code == plan_code)).scalar_one_or_none()
+    if plan is None or plan.current_version is None:
+        raise InvalidInput(f"No plan {plan_code!r}.", errors={"plan": ["unknown plan"]})
+    return plan.current_version
+
+
+def join_plan(
+    member_id: int,
+    *,
+    plan_code: str | None = None,
+    plan_version_id: int | None = None,
+    actor: str,
+    now: datetime,
+    source: str = "desk",
+) -> Membership:
+    """join, with the member and plan named as the API names them."""
+    member = db.session.get(Member, member_id)
+    if member is None:
+        raise InvalidInput(f"No member {member_id}.", errors={"member_id": ["unknown member"]})
+    version = current_version(plan_code=plan_code, plan_version_id=plan_version_id)
+    return join(member, version, actor=actor, now=now, source=source)
+
+
+def change_tier_to(
+    membership: Membership, plan_code: str, *, actor: str, now: datetime
+) -> Membership:
+    """change_tier to the current version of the plan with this code."""
+    change_tier(membership, current_version(plan_code=plan_code), actor=actor, now=now)
+    return membership
+
+
+def add_beneficiary_by_id(
+    membership: Membership, member_id: int, *, actor: str, now: datetime
+) -> Membership:
+    """add_beneficiary, with the member named by id; returns the membership as it now is."""
+    member = db.session.get(Member, member_id)
+    if member is None:
+        raise InvalidInput(f"No member {member_id}.", errors={"member_id": ["unknown member"]})
+    add_beneficiary(membership, member, actor=actor, now=now)
+    return membership
+
+
+def remove_beneficiary_by_id(
+    membership: Membership, member_id: int, *, actor: str, now: datetime
+) -> Membership:
+    remove_beneficiary(membership, member_id, actor=actor, now=now)
+    return membership
+
+
+def memberships_of(member_id: int) -> list[Membership]:
+    """Every membership a member owns or shares as a beneficiary, canceled ones too, newest first."""
+    if db.session.get(Member, member_id) is None:
+        raise NotFound(f"No member {member_id}.")
+    shared = sa.select(Beneficiary.membership_id).where(
+        Beneficiary.member_id == member_id, Beneficiary.removed_at.is_(None)
+    )
+    return list(
+        db.session.execute(
+            sa.select(Membership)
+            .where(sa.or_(Membership.member_id == member_id, Membership.id.in_(shared)))
+            .order_by(Membership.started_at.desc(), Membership.id.desc())
+        ).scalars()
+    )
+
+
+def events_of(membership: Membership) -> list[MembershipEvent]:
+    """The recorded history: joins, transitions, tier changes, beneficiaries, oldest first."""
+    return list(
+        db.session.execute(
+            sa.select(MembershipEvent)
+            .where(MembershipEvent.membership_id == membership.id)
+            .order_by(MembershipEvent.at, MembershipEvent.id)
+        ).scalars()
+    )
+
+
+def describe_state(membership: Membership) -> str:
+    return READABLE[State(membership.state)]
+
+
+def next_payment_at(membership: Membership) -> datetime | None:
+    """When the card is next charged: the period's end while active, the retry while past due;
+    nothing while paused, ending or ended, or before the first payment is confirmed."""
+    if membership.state == State.ACTIVE:
+        return membership.current_period_end
+    if membership.state == State.PAST_DUE:
+        return membership.next_payment_attempt
+    return None
