@@ -1,4 +1,5 @@
-"""Every verified Stripe event, stored before it is acted on, unique by its id."""
+"""Every verified Stripe event, stored before it is acted on, unique by its id; and what Stripe
+tells us about a member as a customer (their billing details live in Stripe, mirrored here)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,21 @@ from billing.db import UTCDateTime, utc_default
 from billing.extensions import db
 
 
+class EventStatus:
+    RECEIVED = "received"  # stored, not yet (or not successfully) acted on
+    PROCESSED = "processed"
+    IGNORED = "ignored"  # a type we do not act on, or older than what we already applied
+    FAILED = "failed"  # the handler raised: Stripe retries, `stripe replay` reprocesses
+    FLAGGED = "flagged"  # unknown customer/subscription or a business conflict: for staff
+
+
 class StripeEvent(db.Model):
     __tablename__ = "stripe_events"
 
     id: Mapped[str] = mapped_column(sa.String(255), primary_key=True)  # evt_...
     type: Mapped[str] = mapped_column(sa.String(96), index=True)
+    # data.object.id (sub_..., in_..., ch_...): every event about one Stripe object.
+    object_id: Mapped[str | None] = mapped_column(sa.String(255), index=True)
     stripe_created: Mapped[datetime] = mapped_column(UTCDateTime())
     livemode: Mapped[bool] = mapped_column(default=False)
     payload: Mapped[dict] = mapped_column(sa.JSON)
@@ -25,3 +36,30 @@ class StripeEvent(db.Model):
     attempts: Mapped[int] = mapped_column(default=0)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_default)
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # What the handler did, in words ("granted 2026-03-02..2026-04-02 to membership 7"), or why
+    # it did nothing; and the traceback of the last failure, kept for whoever replays it.
+    outcome: Mapped[str | None] = mapped_column(sa.Text)
+    traceback: Mapped[str | None] = mapped_column(sa.Text)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class BillingProfile(db.Model):
+    """A member's billing details as their Stripe customer says (customer.updated/deleted)."""
+
+    __tablename__ = "stripe_billing_profiles"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id"), index=True)
+    stripe_customer_id: Mapped[str] = mapped_column(sa.String(255), unique=True)
+    email: Mapped[str | None] = mapped_column(sa.String(254))
+    name: Mapped[str | None] = mapped_column(sa.String(200))
+    phone: Mapped[str | None] = mapped_column(sa.String(32))
+    address: Mapped[dict | None] = mapped_column(sa.JSON)
+    default_payment_method: Mapped[str | None] = mapped_column(sa.String(255))
+    delinquent: Mapped[bool] = mapped_column(default=False)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The Stripe-side time of the newest customer state applied: older events never win.
+    stripe_state_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(
+        UTCDateTime(), default=utc_default, onupdate=utc_default
+    )

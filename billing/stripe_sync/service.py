@@ -1,0 +1,653 @@
+"""Stripe's side of the membership: webhooks in, and the member's actions out.
+
+Webhooks: verified, stored (StripeEvent, unique by id) BEFORE anything is done, then processed
+in one transaction by the handler table (handlers.py). A duplicate is answered 200 and nothing
+more; a handler that raises leaves the event "failed" with its error and traceback (Stripe
+retries it, `flask billing stripe replay` reprocesses it).
+
+Actions (subscribe, pause, resume, cancel, change_tier, update_card, refund_invoice) mirror
+billing.memberships.service: each checks the membership's rules first (a dry run that writes
+nothing), then asks Stripe, and changes local state only when Stripe has said yes; the
+subscription Stripe returns is then applied through the same handler a webhook would use, so
+the webhook that follows finds nothing left to do. A membership not billed through Stripe (paid
+at the desk) just takes the local verb."""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback as tb
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+import stripe
+from sqlalchemy.exc import IntegrityError
+
+from billing.errors import Conflict, DomainError, InvalidInput, NotFound, ServiceUnavailable
+from billing.extensions import db
+from billing.memberships import service as memberships
+from billing.memberships.models import Membership, State
+from billing.payments import service as payments
+from billing.payments.models import Invoice
+from billing.plans.models import PlanVersion
+from billing.settings import clinic_settings
+from billing.stripe_sync import gateway as gateway_module
+from billing.stripe_sync import handlers
+from billing.stripe_sync.gateway import Gateway, PaymentDeclined
+from billing.stripe_sync.models import EventStatus, StripeEvent
+
+log = logging.getLogger(__name__)
+DONE = {EventStatus.PROCESSED, EventStatus.IGNORED, EventStatus.FLAGGED}
+
+
+class BadWebhook(DomainError):
+    status, slug, title = 400, "bad-webhook", "Webhook rejected"
+
+
+@dataclass
+class Receipt:
+    event_id: str
+    type: str
+    status: str
+    duplicate: bool = False
+    outcome: str | None = None
+    error: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Webhooks
+
+
+def receive_webhook(
+    payload: bytes, signature: str | None, *, secret: str | None, tolerance: int, now: datetime
+) -> Receipt:
+    """Verify, store, then process one delivery. A bad signature, a stale timestamp or a body
+    that is not an event is a BadWebhook (400) and nothing is recorded."""
+    if not secret:
+        raise ServiceUnavailable(
+            "Stripe webhooks are not configured: set STRIPE_WEBHOOK_SECRET.",
+            slug="stripe-not-configured",
+        )
+    try:
+        stripe.WebhookSignature.verify_header(payload, signature, secret, tolerance)
+    except stripe.SignatureVerificationError as exc:
+        raise BadWebhook(
+            f"The Stripe-Signature header does not verify: {exc.user_message or exc}",
+            slug="bad-signature",
+        ) from None
+    except UnicodeDecodeError:
+        raise BadWebhook("The body is not UTF-8 text.", slug="not-json") from None
+    try:
+        event = json.loads(payload)
+    except ValueError:
+        raise BadWebhook("The body is not JSON.", slug="not-json") from None
+    _check_event(event)
+    row, created = _store(event, now)
+    if not created and row.status in DONE:
+        return Receipt(row.id, row.type, row.status, duplicate=True, outcome=row.outcome)
+    return process(row.id, now=now)
+
+
+def _check_event(event) -> None:
+    ok = (
+        isinstance(event, dict)
+        and isinstance(event.get("id"), str)
+        and event["id"]
+        and isinstance(event.get("type"), str)
+        and isinstance(event.get("created"), int)
+        and isinstance((event.get("data") or {}).get("object"), dict)
+    )
+    if not ok:
+        raise BadWebhook(
+            "The body is not a Stripe event (id, type, created, data.object).", slug="not-an-event"
+        )
+
+
+def _store(event: dict, now: datetime) -> tuple[StripeEvent, bool]:
+    """Keep the verified event before acting on it; the id's unique key settles a race
+    between two deliveries of the same event."""
+    existing = db.session.get(StripeEvent, event["id"])
+    if existing is not None:
+        return existing, False
+    row = StripeEvent(
+        id=event["id"],
+        type=event["type"],
+        object_id=str(event["data"]["object"].get("id") or "")[:255] or None,
+        stripe_created=datetime.fromtimestamp(event["created"], UTC),
+        livemode=bool(event.get("livemode")),
+        payload=event,
+        status=EventStatus.RECEIVED,
+        attempts=0,
+        received_at=now,
+    )
+    db.session.add(row)
+    try:
+        db.session.commit()
+    except IntegrityError:
+        db.session.rollback()
+        return db.session.get(StripeEvent, event["id"]), False
+    return row, True
+
+
+def process(event_id: str, *, now: datetime, force: bool = False) -> Receipt:
+    """Act on a stored event in one transaction (under a lock on its row, so two deliveries
+    never act at once). `force` reprocesses an event already done (replay)."""
+    row = db.session.get(StripeEvent, event_id, with_for_update=True, populate_existing=True)
+    if row is None:
+        raise NotFound(f"No Stripe event {event_id} was received.")
+    if row.status in DONE and not force:
+        db.session.rollback()
+        return Receipt(row.id, row.type, row.status, duplicate=True, outcome=row.outcome)
+    row.attempts = (row.attempts or 0) + 1
+    row.last_attempt_at = now
+    db.session.flush()  # opens the write transaction before the savepoint (SQLite too)
+    ctx = handlers.Context(
+        actor=f"stripe:{row.id}",
+        now=now,
+        event_id=row.id,
+        state_at=row.stripe_created,
+        settings=clinic_settings(),
+    )
+    status, outcome, error, trace = _run(lambda: handlers.apply(row.type, _object(row), ctx))
+    row.status = status
+    row.outcome = outcome
+    row.error = error
+    row.traceback = trace
+    if status != EventStatus.FAILED:
+        row.processed_at = now
+    db.session.commit()
+    if status == EventStatus.FAILED:
+        log.error("Stripe event %s (%s) failed: %s", row.id, row.type, error)
+    return Receipt(row.id, row.type, status, outcome=outcome, error=error)
+
+
+def _object(row: StripeEvent) -> dict:
+    return row.payload["data"]["object"]
+
+
+def _run(action: Callable[[], str | None]) -> tuple[str, str | None, str | None, str | None]:
+    """Run a handler inside a savepoint: (status, outcome, error, traceback)."""
+    try:
+        with db.session.begin_nested():
+            outcome = action()
+            db.session.flush()
+        return EventStatus.PROCESSED, outcome, None, None
+    except handlers.Skip as exc:
+        return EventStatus.IGNORED, str(exc), None, None
+    except handlers.NeedsAttention as exc:
+        return EventStatus.FLAGGED, str(exc), None, None
+    except DomainError as exc:  # a business rule said no: retrying will not help, staff will
+        return EventStatus.FLAGGED, f"{exc.title}: {exc.detail}", None, None
+    except Exception as exc:
+        return EventStatus.FAILED, None, f"{type(exc).__name__}: {exc}", tb.format_exc()
+
+
+def replay(
+    event_ids: Iterable[str] = (), *, failed: bool = False, flagged: bool = False, now: datetime
+) -> list[Receipt]:
+    """Reprocess stored events: the ones named, and/or every failed (or flagged) one."""
+    ids = list(event_ids)
+    statuses = [
+        s for s, wanted in ((EventStatus.FAILED, failed), (EventStatus.FLAGGED, flagged)) if wanted
+    ]
+    if failed:
+        statuses.append(EventStatus.RECEIVED)  # a crash between storing and processing
+    if statuses:
+        ids += (
+            db.session.execute(
+                sa.select(StripeEvent.id)
+                .where(StripeEvent.status.in_(statuses), StripeEvent.id.not_in(ids or [""]))
+                .order_by(StripeEvent.stripe_created, StripeEvent.id)
+            )
+            .scalars()
+            .all()
+        )
+    for event_id in ids:
+        if db.session.get(StripeEvent, event_id) is None:
+            raise NotFound(f"No Stripe event {event_id} was received.")
+    return [process(event_id, now=now, force=True) for event_id in ids]
+
+
+def list_events(*, status: str | None = None, limit: int = 100) -> list[StripeEvent]:
+    q = sa.select(StripeEvent).order_by(StripeEvent.received_at.desc(), StripeEvent.id)
+    if status:
+        q = q.where(StripeEvent.status == status)
+    return list(db.session.execute(q.limit(limit)).scalars())
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading Stripe to repair what lost webhooks left behind, and finance's numbers
+
+
+INVOICE_EVENT = {
+    "paid": "invoice.paid",
+    "void": "invoice.voided",
+    "uncollectible": "invoice.marked_uncollectible",
+}
+
+
+def reconcile(
+    *, now: datetime, since: datetime | None = None, gateway: Gateway | None = None
+) -> list[str]:
+    """Read subscriptions and invoices from Stripe and apply each through the handler its
+    webhook would have used: first every subscription is tied to its membership (by the id in
+    its metadata, when the answer that would have recorded it was lost), then invoices oldest
+    first (the periods they paid, the payments that failed), then each subscription's current
+    state. Returns what was fixed, in words."""
+    gw = gateway or gateway_module.current()
+    ctx = handlers.Context(actor="stripe:reconcile", now=now, settings=clinic_settings())
+    fixed: list[str] = []
+    subscriptions = list(gw.list_subscriptions(since))
+    for sub in subscriptions:
+        membership = db.session.execute(
+            sa.select(Membership).where(Membership.stripe_subscription_id == sub["id"])
+        ).scalar_one_or_none()
+        if membership is None:
+            linked = handlers.membership_for_subscription(
+                sub["id"], sub.get("metadata"), handlers._id(sub.get("customer"))
+            )
+            if linked is not None:
+                fixed.append(f"{sub['id']}: tied to membership {linked.id}")
+    invoices = sorted(gw.list_invoices(since), key=lambda i: (i.get("created") or 0, i["id"]))
+    for invoice in invoices:
+        status = invoice.get("status")
+        if status == "draft":
+            continue
+        kind = INVOICE_EVENT.get(status) or (
+            "invoice.payment_failed" if invoice.get("attempt_count") else "invoice.finalized"
+        )
+        fixed += _repair(kind, invoice, ctx)
+    for sub in subscriptions:
+        fixed += _repair("customer.subscription.updated", sub, ctx)
+    db.session.commit()
+    return fixed
+
+
+def _repair(event_type: str, obj: dict, ctx: handlers.Context) -> list[str]:
+    status, outcome, error, _trace = _run(lambda: handlers.apply(event_type, obj, ctx))
+    if status == EventStatus.PROCESSED and outcome:
+        return [f"{obj['id']}: {outcome}"]
+    if status == EventStatus.FLAGGED:
+        return [f"{obj['id']}: NEEDS ATTENTION: {outcome}"]
+    if status == EventStatus.FAILED:
+        return [f"{obj['id']}: FAILED: {error}"]
+    return []
+
+
+def pull_balance_transactions(
+    *, since: datetime | None = None, gateway: Gateway | None = None
+) -> list[str]:
+    """Stripe's fee and net (and payout) for every charge and refund we recorded."""
+    gw = gateway or gateway_module.current()
+    done: list[str] = []
+    for txn in gw.list_balance_transactions(since):
+        source = handlers._id(txn.get("source"))
+        if not source:
+            continue
+        payment = payments.apply_balance_transaction(
+            source_id=source,
+            balance_transaction_id=txn["id"],
+            fee_minor=int(txn.get("fee") or 0),
+            net_minor=int(txn.get("net") or 0),
+        )
+        if payment is not None:
+            done.append(
+                f"payment {payment.id} ({source}): fee {txn.get('fee')}, net {txn.get('net')}"
+            )
+    try:
+        for payout in gw.list_payouts():
+            for txn in gw.list_payout_transactions(payout["id"]):
+                if payments.set_payout(txn["id"], payout["id"]):
+                    done.append(f"{txn['id']} paid out in {payout['id']}")
+    except gateway_module.StripeRejected as exc:
+        done.append(f"payouts not read: {exc.detail}")
+    db.session.commit()
+    return done
+
+
+def sync_catalog(*, gateway: Gateway | None = None) -> list[str]:
+    gw = gateway or gateway_module.current()
+    done = gw.sync_catalog()
+    db.session.commit()
+    return done
+
+
+# ---------------------------------------------------------------------------------------------
+# The member's actions through Stripe
+
+
+def _dry_run(verb: Callable[[], object]) -> object:
+    """Check a membership verb's rules without keeping anything it writes."""
+    savepoint = db.session.begin_nested()
+    try:
+        return verb()
+    finally:
+        savepoint.rollback()
+
+
+def _converge(sub: dict, *, actor: str, now: datetime) -> None:
+    """Apply the subscription Stripe returned, as its webhook would."""
+    handlers.on_subscription_changed(
+        sub, handlers.Context(actor=actor, now=now, settings=clinic_settings())
+    )
+
+
+def _apply_invoice(invoice: dict | None, *, actor: str, now: datetime) -> str | None:
+    if not invoice:
+        return None
+    ctx = handlers.Context(actor=actor, now=now, settings=clinic_settings())
+    if invoice.get("status") == "paid":
+        handlers.on_invoice_paid(invoice, ctx)
+    elif invoice.get("attempt_count"):
+        handlers.on_invoice_payment_failed(invoice, ctx)
+    elif invoice.get("status") != "draft":
+        handlers.on_invoice_changed(invoice, ctx)
+    return invoice.get("status")
+
+
+def subscribe(
+    membership: Membership,
+    *,
+    mode: str = "online",
+    payment_method: str | None = None,
+    actor: str,
+    now: datetime,
+    gateway: Gateway | None = None,
+) -> dict:
+    """Start billing a membership that waits for its first payment. online: returns what the
+    browser needs to pay the first invoice; card_on_file: charges the card now."""
+    if mode not in ("online", "card_on_file"):
+        raise InvalidInput("mode is online or card_on_file.", errors={"mode": ["unknown mode"]})
+    if membership.state != State.PENDING:
+        raise Conflict(
+            f"Membership {membership.id} is {memberships.READABLE[State(membership.state)]}: only "
+            "a membership waiting for its first payment can start a subscription.",
+            slug="not-pending",
+        )
+    if membership.stripe_subscription_id:
+        raise Conflict(
+            f"Membership {membership.id} already has subscription {membership.stripe_subscription_id}.",
+            slug="already-subscribed",
+        )
+    gw = gateway or gateway_module.current()
+    gw.ensure_customer(membership.member)
+    db.session.commit()  # the customer exists in Stripe whatever happens next
+    started = gw.start_subscription(membership, mode, payment_method)
+    membership.stripe_subscription_id = started.subscription["id"]
+    if mode == "online":
+        membership.source = "online"
+    _converge(started.subscription, actor=actor, now=now)
+    invoice_status = _apply_invoice(started.latest_invoice, actor=actor, now=now)
+    db.session.commit()
+    return {
+        "membership": membership,
+        "subscription_id": started.subscription["id"],
+        "subscription_status": started.subscription.get("status"),
+        "invoice_status": invoice_status,
+        "client_secret": started.client_secret if invoice_status != "paid" else None,
+        "hosted_invoice_url": started.hosted_invoice_url if invoice_status != "paid" else None,
+    }
+
+
+def pause(
+    membership: Membership,
+    *,
+    actor: str,
+    now: datetime,
+    reason: str = "",
+    resume_at: datetime | None = None,
+    gateway: Gateway | None = None,
+) -> Membership:
+    def verb():
+        return memberships.pause(
+            membership, actor=actor, now=now, reason=reason, resume_at=resume_at, commit=False
+        )
+
+    if not membership.stripe_subscription_id:
+        verb()
+        db.session.commit()
+        return membership
+    _dry_run(verb)
+    sub = (gateway or gateway_module.current()).pause_collection(membership, resume_at)
+    verb()
+    _converge(sub, actor=actor, now=now)
+    db.session.commit()
+    return membership
+
+
+def resume(
+    membership: Membership,
+    *,
+    actor: str,
+    now: datetime,
+    reason: str = "",
+    gateway: Gateway | None = None,
+) -> Membership:
+    def verb():
+        return memberships.resume(membership, actor=actor, now=now, reason=reason, commit=False)
+
+    if not membership.stripe_subscription_id:
+        verb()
+        db.session.commit()
+        return membership
+    _dry_run(verb)
+    sub = (gateway or gateway_module.current()).resume(membership)
+    verb()
+    _converge(sub, actor=actor, now=now)
+    db.session.commit()
+    return membership
+
+
+def cancel(
+    membership: Membership,
+    *,
+    at_period_end: bool,
+    actor: str,
+    now: datetime,
+    reason: str = "",
+    override_reason: str | None = None,
+    is_admin: bool = False,
+    gateway: Gateway | None = None,
+) -> Membership:
+    """Cancel now or at period end, honouring the minimum commitment (memberships.cancel);
+    an early-termination fee is invoiced through Stripe."""
+
+    def verb():
+        return memberships.cancel(
+            membership,
+            at_period_end=at_period_end,
+            actor=actor,
+            now=now,
+            reason=reason,
+            override_reason=override_reason,
+            is_admin=is_admin,
+            commit=False,
+        )
+
+    if not membership.stripe_subscription_id:
+        verb()
+        db.session.commit()
+        return membership
+    _dry_run(verb)
+    terms = memberships.cancellation_terms(membership)
+    fee = (
+        terms["early_termination_fee_minor"]
+        if not override_reason and membership.state != State.PENDING
+        else 0
+    )
+    # What the local verb will do: at period end only from an active membership with a period.
+    later = (
+        at_period_end
+        and membership.state == State.ACTIVE
+        and membership.current_period_end is not None
+    )
+    sub = (gateway or gateway_module.current()).cancel(
+        membership, at_period_end=later, early_termination_fee_minor=fee or None
+    )
+    verb()
+    _converge(sub, actor=actor, now=now)
+    db.session.commit()
+    return membership
+
+
+def change_tier(
+    membership: Membership,
+    new_version: PlanVersion,
+    *,
+    actor: str,
+    now: datetime,
+    gateway: Gateway | None = None,
+) -> Membership:
+    """Upgrade now (Stripe prorates and invoices the difference; the extra credits are granted
+    now) or downgrade from the next period (no proration)."""
+    source_ref = f"upgrade:{membership.stripe_subscription_id}:{new_version.id}"
+
+    def verb():
+        return memberships.change_tier(
+            membership,
+            new_version,
+            actor=actor,
+            now=now,
+            source_ref=source_ref if membership.stripe_subscription_id else None,
+            commit=False,
+        )
+
+    if not membership.stripe_subscription_id:
+        verb()
+        db.session.commit()
+        return membership
+    upgrade = _dry_run(lambda: verb().reason == "upgrade")
+    sub = (gateway or gateway_module.current()).change_price(
+        membership, new_version, upgrade=upgrade
+    )
+    verb()
+    _converge(sub, actor=actor, now=now)
+    db.session.commit()
+    return membership
+
+
+def change_tier_to(
+    membership: Membership,
+    plan_code: str,
+    *,
+    actor: str,
+    now: datetime,
+    gateway: Gateway | None = None,
+) -> Membership:
+    """change_tier to the current version of the plan with this code."""
+    version = memberships.current_version(plan_code=plan_code)
+    return change_tier(membership, version, actor=actor, now=now, gateway=gateway)
+
+
+def update_card(
+    membership: Membership,
+    *,
+    actor: str,
+    now: datetime,
+    payment_method: str | None = None,
+    flow: str = "setup_intent",
+    return_url: str | None = None,
+    gateway: Gateway | None = None,
+) -> dict:
+    """Without a card: a SetupIntent (or a billing-portal link) for the member to enter one.
+    With a card (confirmed by that SetupIntent): it becomes the default, and an open invoice
+    of this membership (a failed first payment, a past-due renewal) is tried again at once."""
+    gw = gateway or gateway_module.current()
+    member = membership.member
+    customer = gw.ensure_customer(member)
+    db.session.commit()
+    if not payment_method:
+        if flow == "portal":
+            if not return_url:
+                raise InvalidInput(
+                    "The billing portal needs a return_url.", errors={"return_url": ["required"]}
+                )
+            return gw.billing_portal_session(customer, return_url)
+        return gw.card_setup_session(
+            customer, idempotency_key=f"member-{member.id}-setup-{int(now.timestamp())}"
+        )
+    gw.set_default_card(customer, payment_method)
+    result: dict = {"kind": "saved", "payment_method": payment_method, "invoice_status": None}
+    invoice = _open_invoice(membership)
+    if invoice is not None:
+        try:
+            paid = gw.pay_invoice(
+                invoice.stripe_invoice_id,
+                idempotency_key=f"invoice-{invoice.id}-retry-{payment_method}",
+            )
+        except PaymentDeclined as exc:
+            result["invoice_status"] = "open"
+            result["detail"] = exc.detail
+        else:
+            if isinstance(paid.get("lines"), dict):
+                result["invoice_status"] = _apply_invoice(paid, actor=actor, now=now)
+            else:
+                result["invoice_status"] = paid.get("status")
+        db.session.commit()
+    return result
+
+
+def _open_invoice(membership: Membership) -> Invoice | None:
+    return (
+        db.session.execute(
+            sa.select(Invoice)
+            .where(
+                Invoice.membership_id == membership.id,
+                Invoice.status == "open",
+                Invoice.stripe_invoice_id.is_not(None),
+            )
+            .order_by(Invoice.issued_at.desc(), Invoice.id.desc())
+        )
+        .scalars()
+        .first()
+    )
+
+
+def refund_invoice(
+    invoice_id: int,
+    *,
+    actor: str,
+    now: datetime,
+    amount_minor: int | None = None,
+    gateway: Gateway | None = None,
+) -> dict:
+    """Give money back on a paid invoice through Stripe; the unused credits it bought are
+    clawed back, and what was already used becomes an amount owed (as for charge.refunded)."""
+    invoice = db.session.get(Invoice, invoice_id)
+    if invoice is None:
+        raise NotFound(f"No invoice {invoice_id}.")
+    charge_payment = payments.find_charge_payment(invoice.stripe_charge_id, None)
+    charge_id = invoice.stripe_charge_id or (
+        charge_payment.stripe_charge_id if charge_payment else None
+    )
+    if invoice.status != "paid" or not charge_id:
+        raise Conflict(
+            f"Invoice {invoice_id} has no card payment in Stripe to refund.", slug="not-refundable"
+        )
+    left = invoice.amount_paid_minor - (invoice.amount_refunded_minor or 0)
+    amount = left if amount_minor is None else amount_minor
+    if amount <= 0 or amount > left:
+        raise InvalidInput(
+            f"The refund must be between 1 and {left} (what is left of the payment).",
+            errors={"amount_minor": [f"must be 1..{left}"]},
+        )
+    gw = gateway or gateway_module.current()
+    refund = gw.refund(
+        charge_id,
+        None if amount == left and not invoice.amount_refunded_minor else amount,
+        idempotency_key=f"invoice-{invoice.id}-refund-{invoice.amount_refunded_minor or 0}-{amount}",
+    )
+    charge = gw.retrieve_charge(charge_id)
+    charge.setdefault("refunds", {"data": [refund]})
+    outcome = handlers.on_charge_refunded(
+        charge, handlers.Context(actor=actor, now=now, settings=clinic_settings())
+    )
+    db.session.commit()
+    return {
+        "invoice": invoice,
+        "refund_id": refund["id"],
+        "amount_minor": amount,
+        "outcome": outcome,
+    }
