@@ -43,7 +43,20 @@ class Config:
     STRIPE_USE_LEGACY_PLANS = _env("STRIPE_USE_LEGACY_PLANS", "false").lower() == "true"
     STRIPE_WEBHOOK_TOLERANCE = int(_env("STRIPE_WEBHOOK_TOLERANCE", "300"))
 
+    STRIPE_RECONCILE_DAYS = int(_env("STRIPE_RECONCILE_DAYS", "3"))
+
     SCHEDULER_ENABLED = _env("SCHEDULER_ENABLED", "false").lower() == "true"
+
+    # Mail: notifications are written to an outbox always, and sent only when MAIL_SERVER is set.
+    MAIL_SERVER = _env("MAIL_SERVER")
+    MAIL_PORT = int(_env("MAIL_PORT", "25"))
+    MAIL_FROM = _env("MAIL_FROM", "memberships@clinic.example")
+    MAIL_USERNAME = _env("MAIL_USERNAME")
+    MAIL_PASSWORD = _env("MAIL_PASSWORD")
+    MAIL_USE_TLS = _env("MAIL_USE_TLS", "false").lower() == "true"
+    MAIL_USE_SSL = _env("MAIL_USE_SSL", "false").lower() == "true"
+    MAIL_TIMEOUT = int(_env("MAIL_TIMEOUT", "10"))
+    NOTIFY_LOOKBACK_DAYS = int(_env("NOTIFY_LOOKBACK_DAYS", "3"))
 
 
 class DevelopmentConfig(Config):
@@ -58,6 +71,7 @@ class TestingConfig(Config):
     SECRET_KEY = "testing"
     SQLALCHEMY_DATABASE_URI = _env("TEST_DATABASE_URL", "sqlite://")
     STRIPE_WEBHOOK_SECRET = "whsec_test_secret"
+    MAIL_SERVER = None  # a developer's own mail server must never receive test mail
 
 
 class ProductionConfig(Config):
