@@ -106,9 +106,11 @@ def app(database_url, clock):
 
 
 def _truncate_all() -> None:
-    tables = ", ".join(f'"{t.name}"' for t in db.metadata.sorted_tables)
+    """Empty every table between tests. DELETE, children first, is far cheaper than TRUNCATE
+    here: most tables are empty, and TRUNCATE rewrites every table's files each time."""
     with db.engine.begin() as conn:
-        conn.execute(sa.text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        for table in reversed(db.metadata.sorted_tables):
+            conn.execute(table.delete())
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-24 03:11:44.600650
+Create Date: 2026-11-24 03:55:51.984242
 
 """
 from alembic import op
@@ -38,6 +38,24 @@ def upgrade():
     sa.PrimaryKeyConstraint('id', name=op.f('pk_idempotency_records')),
     sa.UniqueConstraint('principal', 'key', name=op.f('uq_idempotency_records_principal_key'))
     )
+    op.create_table('job_runs',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('job', sa.String(length=64), nullable=False),
+    sa.Column('slot', sa.String(length=64), nullable=False),
+    sa.Column('started_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('outcome', sa.String(length=16), nullable=False),
+    sa.Column('counts', sa.JSON(), nullable=True),
+    sa.Column('detail', sa.Text(), nullable=False),
+    sa.Column('error', sa.Text(), nullable=True),
+    sa.Column('worker', sa.String(length=160), nullable=False),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_job_runs')),
+    sa.UniqueConstraint('job', 'slot', name=op.f('uq_job_runs_job_slot'))
+    )
+    with op.batch_alter_table('job_runs', schema=None) as batch_op:
+        batch_op.create_index('ix_job_runs_job_started', ['job', 'started_at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_job_runs_outcome'), ['outcome'], unique=False)
+
     op.create_table('locations',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('code', sa.String(length=32), nullable=False),
@@ -62,6 +80,7 @@ def upgrade():
     op.create_table('stripe_events',
     sa.Column('id', sa.String(length=255), nullable=False),
     sa.Column('type', sa.String(length=96), nullable=False),
+    sa.Column('object_id', sa.String(length=255), nullable=True),
     sa.Column('stripe_created', sa.DateTime(timezone=True), nullable=False),
     sa.Column('livemode', sa.Boolean(), nullable=False),
     sa.Column('payload', sa.JSON(), nullable=False),
@@ -70,9 +89,13 @@ def upgrade():
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('received_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('processed_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('outcome', sa.Text(), nullable=True),
+    sa.Column('traceback', sa.Text(), nullable=True),
+    sa.Column('last_attempt_at', sa.DateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_stripe_events'))
     )
     with op.batch_alter_table('stripe_events', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_stripe_events_object_id'), ['object_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_stripe_events_status'), ['status'], unique=False)
         batch_op.create_index(batch_op.f('ix_stripe_events_type'), ['type'], unique=False)
 
@@ -286,6 +309,48 @@ def upgrade():
     with op.batch_alter_table('staff_credentials', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_staff_credentials_staff_id'), ['staff_id'], unique=False)
 
+    op.create_table('stripe_billing_profiles',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('member_id', sa.Integer(), nullable=False),
+    sa.Column('stripe_customer_id', sa.String(length=255), nullable=False),
+    sa.Column('email', sa.String(length=254), nullable=True),
+    sa.Column('name', sa.String(length=200), nullable=True),
+    sa.Column('phone', sa.String(length=32), nullable=True),
+    sa.Column('address', sa.JSON(), nullable=True),
+    sa.Column('default_payment_method', sa.String(length=255), nullable=True),
+    sa.Column('delinquent', sa.Boolean(), nullable=False),
+    sa.Column('deleted_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('stripe_state_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['member_id'], ['members.id'], name=op.f('fk_stripe_billing_profiles_member_id_members')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_stripe_billing_profiles')),
+    sa.UniqueConstraint('stripe_customer_id', name=op.f('uq_stripe_billing_profiles_stripe_customer_id'))
+    )
+    with op.batch_alter_table('stripe_billing_profiles', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_stripe_billing_profiles_member_id'), ['member_id'], unique=False)
+
+    op.create_table('users',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('email', sa.String(length=254), nullable=False),
+    sa.Column('password_hash', sa.String(length=255), nullable=True),
+    sa.Column('role', sa.String(length=16), nullable=False),
+    sa.Column('staff_id', sa.Integer(), nullable=True),
+    sa.Column('member_id', sa.Integer(), nullable=True),
+    sa.Column('failed_logins', sa.Integer(), nullable=False),
+    sa.Column('locked_until', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('login_code_hash', sa.String(length=255), nullable=True),
+    sa.Column('login_code_expires_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('last_login_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('disabled_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.CheckConstraint("(role = 'client') = (member_id IS NOT NULL)", name=op.f('ck_users_client_has_member')),
+    sa.CheckConstraint("role IN ('admin', 'staff', 'finance', 'client')", name=op.f('ck_users_role_known')),
+    sa.ForeignKeyConstraint(['member_id'], ['members.id'], name=op.f('fk_users_member_id_members')),
+    sa.ForeignKeyConstraint(['staff_id'], ['staff.id'], name=op.f('fk_users_staff_id_staff')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_users')),
+    sa.UniqueConstraint('email', name=op.f('uq_users_email')),
+    sa.UniqueConstraint('member_id', name=op.f('uq_users_member_id'))
+    )
     op.create_table('visits',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('member_id', sa.Integer(), nullable=False),
@@ -378,6 +443,32 @@ def upgrade():
     )
     with op.batch_alter_table('membership_events', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_membership_events_membership_id'), ['membership_id'], unique=False)
+
+    op.create_table('notifications',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('kind', sa.String(length=32), nullable=False),
+    sa.Column('dedupe_key', sa.String(length=255), nullable=False),
+    sa.Column('member_id', sa.Integer(), nullable=True),
+    sa.Column('membership_id', sa.Integer(), nullable=True),
+    sa.Column('to_email', sa.String(length=254), nullable=False),
+    sa.Column('subject', sa.String(length=255), nullable=False),
+    sa.Column('body', sa.Text(), nullable=False),
+    sa.Column('data', sa.JSON(), nullable=True),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('attempts', sa.Integer(), nullable=False),
+    sa.Column('last_error', sa.Text(), nullable=True),
+    sa.Column('claimed_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('sent_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['member_id'], ['members.id'], name=op.f('fk_notifications_member_id_members')),
+    sa.ForeignKeyConstraint(['membership_id'], ['memberships.id'], name=op.f('fk_notifications_membership_id_memberships')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_notifications')),
+    sa.UniqueConstraint('dedupe_key', name=op.f('uq_notifications_dedupe_key'))
+    )
+    with op.batch_alter_table('notifications', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_notifications_kind'), ['kind'], unique=False)
+        batch_op.create_index(batch_op.f('ix_notifications_member_id'), ['member_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_notifications_status'), ['status'], unique=False)
 
     op.create_table('plan_item_options',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -616,6 +707,12 @@ def downgrade():
         batch_op.drop_index(batch_op.f('ix_plan_item_options_item_id'))
 
     op.drop_table('plan_item_options')
+    with op.batch_alter_table('notifications', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_notifications_status'))
+        batch_op.drop_index(batch_op.f('ix_notifications_member_id'))
+        batch_op.drop_index(batch_op.f('ix_notifications_kind'))
+
+    op.drop_table('notifications')
     with op.batch_alter_table('membership_events', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_membership_events_membership_id'))
 
@@ -635,6 +732,11 @@ def downgrade():
         batch_op.drop_index(batch_op.f('ix_visits_member_id'))
 
     op.drop_table('visits')
+    op.drop_table('users')
+    with op.batch_alter_table('stripe_billing_profiles', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_stripe_billing_profiles_member_id'))
+
+    op.drop_table('stripe_billing_profiles')
     with op.batch_alter_table('staff_credentials', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_staff_credentials_staff_id'))
 
@@ -676,10 +778,16 @@ def downgrade():
     with op.batch_alter_table('stripe_events', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_stripe_events_type'))
         batch_op.drop_index(batch_op.f('ix_stripe_events_status'))
+        batch_op.drop_index(batch_op.f('ix_stripe_events_object_id'))
 
     op.drop_table('stripe_events')
     op.drop_table('plans')
     op.drop_table('locations')
+    with op.batch_alter_table('job_runs', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_job_runs_outcome'))
+        batch_op.drop_index('ix_job_runs_job_started')
+
+    op.drop_table('job_runs')
     op.drop_table('idempotency_records')
     op.drop_table('category_policies')
     # ### end Alembic commands ###
