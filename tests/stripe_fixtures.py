@@ -12,6 +12,7 @@ import copy
 import hashlib
 import hmac
 import json
+import os
 import time
 from datetime import datetime
 from functools import cache
@@ -19,9 +20,16 @@ from itertools import count
 from pathlib import Path
 
 SECRET = "whsec_test_secret"  # TestingConfig.STRIPE_WEBHOOK_SECRET
+# Stripe's published example objects live in the shared folder beside the repository (CI clones
+# the repository with shared/ next to it); STRIPE_FIXTURES names another copy.
 _CANDIDATES = [
-    Path(__file__).parent / "fixtures" / "stripe_fixtures3.json",
-    Path("/work/shared/stripe/fixtures3.json"),
+    Path(p)
+    for p in (
+        os.environ.get("STRIPE_FIXTURES", ""),
+        Path(__file__).resolve().parents[2] / "shared" / "stripe" / "fixtures3.json",
+        "/work/shared/stripe/fixtures3.json",
+    )
+    if p
 ]
 _seq = count(1)
 

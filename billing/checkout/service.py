@@ -515,37 +515,9 @@ def _honour_expired(
     now: datetime,
     settings: ClinicSettings,
 ) -> None:
-    """An admin honours an expired credit: it is usable again until the end of today.
-
-    Written as the ledger writes a pause extension (an `adjust` entry with a later expiry), plus
-    the quantity put back if the expiry job had already written it off (at no deferred value:
-    that revenue was already recognised as breakage)."""
+    """An admin honours an expired credit: usable again until the end of the clinic's today."""
     until = start_of_local_day(local_date(now, settings.tz) + timedelta(days=1), settings.tz)
-    back = 0
-    if lot.remaining == 0:
-        written_off = -db.session.execute(
-            sa.select(sa.func.coalesce(sa.func.sum(LedgerEntry.quantity), 0)).where(
-                LedgerEntry.credit_id == lot.credit.id, LedgerEntry.kind == EntryKind.EXPIRE
-            )
-        ).scalar_one()
-        back = min(quantity, int(written_off))
-    db.session.add(
-        LedgerEntry(
-            credit_id=lot.credit.id,
-            membership_id=lot.credit.membership_id,
-            kind=EntryKind.ADJUST,
-            quantity=back,
-            value_minor=0,
-            currency=lot.credit.currency,
-            expires_at=until,
-            period_start=lot.credit.period_start,
-            period_end=lot.credit.period_end,
-            actor=actor,
-            reason=f"expired credit honoured: {reason}",
-            created_at=now,
-        )
-    )
-    db.session.flush()
+    ledger.honour_expired(lot, quantity, until=until, actor=actor, reason=reason, now=now)
 
 
 def _member_discount_bp(usable: Sequence[Membership], now: datetime) -> int:

@@ -22,6 +22,7 @@ from billing.memberships.models import Membership, State
 from billing.money import allocate, div_round_half_up, net_of_tax, tax_on_net
 from billing.periods import add_interval
 from billing.plans.models import ItemKind, PlanItem, PlanKind, PlanVersion, Treatment, UnusedRule
+from billing.plans.service import ssp_per_credit
 from billing.settings import ClinicSettings, clinic_settings
 
 GRANTABLE_STATES = {State.ACTIVE, State.CANCEL_AT_PERIOD_END, State.PAST_DUE}
@@ -155,16 +156,6 @@ def balance(membership_ids: Sequence[int], treatment_id: int, now: datetime) -> 
 
 # ---------------------------------------------------------------------------------------------
 # Granting
-
-
-def ssp_per_credit(item: PlanItem) -> int:
-    """Standalone selling price of one credit of a plan item (per unit for unit treatments)."""
-    if item.ssp_override_minor is not None:
-        return item.ssp_override_minor
-    if item.kind == ItemKind.CHOICE:
-        prices = [o.treatment.list_price_minor for o in item.options]
-        return div_round_half_up(sum(prices), len(prices)) if prices else 0
-    return item.treatment.list_price_minor
 
 
 def version_net_price(version: PlanVersion, settings: ClinicSettings) -> int:
@@ -507,6 +498,23 @@ def reverse(
     ).first()
     if already:
         raise Conflict("This redemption was already reversed.", slug="already-reversed")
+    same_grant = sa.select(Credit.id).where(Credit.grant_id == entry.credit.grant_id)
+    clawed = db.session.execute(
+        sa.select(LedgerEntry.id).where(
+            LedgerEntry.credit_id.in_(same_grant),
+            LedgerEntry.kind == EntryKind.CLAWBACK,
+            LedgerEntry.created_at >= entry.created_at,
+        )
+    ).first()
+    if clawed:
+        # The invoice behind this credit was refunded after the treatment, and the member now
+        # owes for it: handing the credit back would give away a refunded credit. An admin
+        # settles it on the member's receivable instead.
+        raise Conflict(
+            "This credit's invoice was refunded after the treatment: the redemption cannot be "
+            "reversed. Settle it on the member's outstanding balance instead.",
+            slug="credit-clawed-back",
+        )
     current_expiry = db.session.execute(
         sa.select(sa.func.max(LedgerEntry.expires_at)).where(
             LedgerEntry.credit_id == entry.credit_id
@@ -689,6 +697,35 @@ def extend_for_pause(
     if commit:
         db.session.commit()
     return written
+
+
+def honour_expired(
+    lot: Lot, quantity: int, *, until: datetime, actor: str, reason: str, now: datetime
+) -> LedgerEntry:
+    """An admin honours an expired credit: an `adjust` entry moves its expiry to `until`, and
+    puts back what the expiry job already wrote off (at no deferred value: that revenue was
+    already recognised as breakage). Does not commit: it is part of the checkout's write."""
+    back = 0
+    if lot.remaining == 0:
+        written_off = -db.session.execute(
+            sa.select(sa.func.coalesce(sa.func.sum(LedgerEntry.quantity), 0)).where(
+                LedgerEntry.credit_id == lot.credit.id, LedgerEntry.kind == EntryKind.EXPIRE
+            )
+        ).scalar_one()
+        back = min(quantity, int(written_off))
+    entry = _entry(
+        lot.credit,
+        EntryKind.ADJUST,
+        back,
+        0,
+        until,
+        now,
+        actor,
+        reason=f"expired credit honoured: {reason}",
+    )
+    db.session.add(entry)
+    db.session.flush()
+    return entry
 
 
 def adjust(

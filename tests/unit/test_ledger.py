@@ -245,3 +245,41 @@ def test_quantity_must_be_a_positive_whole_number(tier, clock):
                 now=clock(),
                 actor="desk",
             )
+
+
+def test_a_redemption_cannot_be_reversed_after_its_invoice_was_refunded(tier, clock):
+    version, (a, _, _) = tier
+    owner = f.member()
+    m = memberships.join(owner, version, actor="t", now=clock())
+    invoice = Invoice(
+        member_id=owner.id,
+        membership_id=m.id,
+        currency="SGD",
+        total_minor=32700,
+        tax_minor=2700,
+        net_minor=30000,
+        status="paid",
+    )
+    db.session.add(invoice)
+    db.session.flush()
+    memberships.record_paid_period(
+        m,
+        period_start=clock(),
+        period_end=clock() + timedelta(days=30),
+        source=ledger.GrantSource(ref="invoice:in_y", actor="stripe", invoice_id=invoice.id),
+        now=clock(),
+    )
+    used = ledger.redeem(
+        membership_ids=[m.id],
+        treatment=a,
+        quantity=1,
+        member_id=owner.id,
+        now=clock(),
+        actor="desk",
+    )
+    clock.advance(hours=1)
+    ledger.clawback(invoice.id, source_ref="re_2", now=clock(), actor="stripe")
+    with pytest.raises(Conflict, match="refunded after the treatment"):
+        ledger.reverse(used.entries[0], actor="desk", reason="mistake", now=clock())
+    db.session.rollback()
+    assert ledger.balance([m.id], a.id, clock()) == 0

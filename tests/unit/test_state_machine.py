@@ -102,7 +102,9 @@ def test_failed_payment_gives_a_grace_period_then_payment_restores(app, tier, fa
     assert membership.can_redeem(clock() + timedelta(days=grace_days - 1))
     assert not membership.can_redeem(clock() + timedelta(days=grace_days))
     # A second failure keeps the original grace end.
-    memberships.mark_past_due(membership, actor="stripe", now=clock() + timedelta(days=3), attempts=2)
+    memberships.mark_past_due(
+        membership, actor="stripe", now=clock() + timedelta(days=3), attempts=2
+    )
     assert membership.grace_ends_at == clock() + timedelta(days=grace_days)
     assert membership.payment_attempts == 2
     memberships.record_paid_period(
