@@ -53,5 +53,15 @@ browser:
 
 test: lint browser test-sqlite test-postgres
 
+# Benchmarks print their figures (ratios against baselines measured in the same run) on PostgreSQL.
+bench: install
+	scripts/ensure-postgres.sh
+	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
+
+# The long reliability variants (storms, crashes, fuzzing soaks).
+soak: install
+	scripts/ensure-postgres.sh
+	TEST_DATABASE_URL=$(PG_ADMIN_URL) $(BIN)/pytest -q -p no:cacheprovider -m slow tests/reliability
+
 clean:
 	rm -rf $(VENV) instance .pytest_cache .ruff_cache

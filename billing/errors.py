@@ -205,7 +205,42 @@ def handle_validation_error(error: ma.ValidationError):
     return problem(422, "Invalid input", _describe(errors), slug="invalid-input", errors=errors)
 
 
+def handle_data_error(error: Exception):
+    """A value the database cannot hold (a number beyond its column, say): the caller's input."""
+    from billing.extensions import db
+
+    db.session.rollback()
+    return problem(
+        422, "Invalid input", "A value is out of range or cannot be stored.", slug="invalid-input"
+    )
+
+
+def handle_database_unavailable(error: Exception):
+    """The database is not answering (or chose this transaction as a deadlock victim): nothing
+    was saved, and the same request may simply be sent again."""
+    from billing.extensions import db
+
+    try:
+        db.session.rollback()
+    except Exception:  # the connection itself may be gone
+        db.session.remove()
+    log.warning("database unavailable on %s %s: %s", request.method, request.path, error)
+    return problem(
+        503,
+        "Service unavailable",
+        "The database is not answering; nothing was saved. Try again in a moment.",
+        slug="database-unavailable",
+        headers={"Retry-After": "5"},
+    )
+
+
 def init_app(app: Flask) -> None:
+    import sqlalchemy.exc as sa_exc
+
+    app.register_error_handler(sa_exc.DataError, handle_data_error)
+    app.register_error_handler(OverflowError, handle_data_error)
+    app.register_error_handler(sa_exc.OperationalError, handle_database_unavailable)
+    app.register_error_handler(sa_exc.InterfaceError, handle_database_unavailable)
     app.register_error_handler(DomainError, handle_domain_error)
     app.register_error_handler(ma.ValidationError, handle_validation_error)
     app.register_error_handler(HTTPException, handle_http_exception)

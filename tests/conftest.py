@@ -108,9 +108,16 @@ def app(database_url, clock):
 def _truncate_all() -> None:
     """Empty every table between tests. DELETE, children first, is far cheaper than TRUNCATE
     here: most tables are empty, and TRUNCATE rewrites every table's files each time."""
+    tables = db.metadata.sorted_tables
+    restart = ", ".join(
+        f"setval(pg_get_serial_sequence('\"{t.name}\"', 'id'), 1, false)"
+        for t in tables
+        if "id" in t.c and isinstance(t.c.id.type, sa.Integer)
+    )
     with db.engine.begin() as conn:
-        for table in reversed(db.metadata.sorted_tables):
+        for table in reversed(tables):
             conn.execute(table.delete())
+        conn.execute(sa.text(f"SELECT {restart}"))  # ids start at 1 again, as in a new database
 
 
 @pytest.fixture

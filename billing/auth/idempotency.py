@@ -1,8 +1,10 @@
 """Idempotency-Key for API writes: a retry gets the first response and changes nothing more.
 
-The record is added to the session before the view runs, so it commits in the same transaction
-as the service's writes: either both are kept or neither. A concurrent second request with the
-same key blocks on the unique key and then sees the first one's record."""
+The record, the view's writes and the response the retry will be given commit in ONE transaction:
+while the view runs, the services' own commits only flush, and the decorator commits once when it
+has the response. A crash anywhere leaves either all of it or none of it, so a retry either
+replays the first response or does the work for the first time. A concurrent second request with
+the same key blocks on the unique key and then sees the first one's record."""
 
 from __future__ import annotations
 
@@ -10,8 +12,9 @@ import functools
 import hashlib
 import json
 from collections.abc import Callable
+from contextlib import contextmanager
 
-from flask import Response, request
+from flask import Response, make_response, request
 from sqlalchemy.exc import IntegrityError
 
 from billing.auth.access import current_principal
@@ -56,6 +59,17 @@ def _replay(record: IdempotencyRecord, request_hash: str) -> Response:
     return response
 
 
+@contextmanager
+def _one_transaction():
+    """Inside, `db.session.commit()` flushes instead, so nothing is committed half-way."""
+    session = db.session()
+    session.commit = session.flush
+    try:
+        yield
+    finally:
+        del session.commit
+
+
 def idempotent(required: bool = False) -> Callable:
     def decorate(view: Callable) -> Callable:
         @functools.wraps(view)
@@ -85,17 +99,15 @@ def idempotent(required: bool = False) -> Callable:
                 if existing is None:
                     raise
                 return _replay(existing, request_hash)
-            result = view(*args, **kwargs)
-            response = result if isinstance(result, Response) else None
-            if response is None:
-                from flask import make_response
-
-                response = make_response(result)
+            with _one_transaction():
+                result = view(*args, **kwargs)
+                response = result if isinstance(result, Response) else make_response(result)
             if response.status_code < 500 and response.is_json:
-                record = db.session.merge(record)
                 record.status_code = response.status_code
                 record.response_body = response.get_json()
                 db.session.commit()
+            else:
+                db.session.rollback()
             return response
 
         wrapper._idempotent = True

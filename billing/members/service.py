@@ -49,7 +49,7 @@ def create_member(data: Mapping[str, Any], *, today: date) -> Member:
     """A new client. The email is their identity at the clinic: one member per address, in any
     letter case."""
     values = _checked(data, today=today)
-    member = Member(notes="", **values)
+    member = Member(**{"notes": "", **values})
     member.refresh_search_columns()
     _refuse_taken_email(member.email_normalized)
     db.session.add(member)
