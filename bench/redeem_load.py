@@ -1,0 +1,468 @@
+"""Front-desk redemptions under load, through the HTTP API on gunicorn, against pgbench.
+
+    .venv/bin/python bench/redeem_load.py                              # full size
+    .venv/bin/python bench/redeem_load.py --members 500 --seconds 10   # a quick run
+
+N members hold live credits. 32 desks (asyncio + httpx, in a separate process) each loop: open a
+visit (POST /api/v1/visits), redeem a treatment (POST /api/v1/visits/<id>/lines with an
+Idempotency-Key, pay_with=credits), and void half of the lines again
+(POST .../lines/<line>/void). One line post in ten is sent a second time with the same key, as a
+desk retrying after a timeout would.
+
+Afterwards the ledger is compared with the responses: every 201 line has exactly one credit's
+worth of `redeem` entries, every void exactly one reversal, no redeem entry exists without a 201,
+no credit balance is negative. A double redemption is any of those that is not so (must be 0).
+
+Baseline: pgbench at the same concurrency running a comparable transaction on the same server
+(lock one balance row, decrement it, append one ledger row). Targets: p95 < 50 ms and >= 300
+redemptions/s on a 2-core machine."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import sqlalchemy as sa  # noqa: E402
+
+from bench import common  # noqa: E402
+
+TREATMENT = "hydrafacial"
+
+
+# ---------------------------------------------------------------------------------------------
+# The load generator (runs in its own process: `--drive plan.json`)
+
+
+async def _drive(plan: dict) -> dict:
+    rnd = random.Random(plan["seed"])
+    members: list[int] = plan["members"]
+    headers = common.bearer(plan["key"])
+    redeemed: list[list[int]] = []  # [visit_id, line_id]
+    voided: list[int] = []
+    replay_mismatch = 0
+    insufficient = 0
+    async with common.async_client(plan["base_url"], plan["concurrency"], headers) as client:
+
+        async def call(rec, name, path, body, extra=None):
+            t0 = time.perf_counter()
+            try:
+                r = await client.post(path, json=body, headers=extra or {})
+            except Exception as exc:  # counted, never fatal
+                rec.record(name, time.perf_counter() - t0, type(exc).__name__)
+                rec.error(f"{name}: {exc!r}")
+                return None
+            rec.record(name, time.perf_counter() - t0, r.status_code)
+            if r.status_code >= 500:
+                rec.error(f"{name} {r.status_code}: {r.text[:300]}")
+            return r
+
+        async def desk(i: int, rec: common.Recorder, deadline: float) -> None:
+            nonlocal replay_mismatch, insufficient
+            local = random.Random(rnd.random())
+            while time.monotonic() < deadline:
+                member = local.choice(members)
+                r = await call(
+                    rec,
+                    "open_visit",
+                    "/api/v1/visits",
+                    {"member_id": member, "location": "orchard"},
+                )
+                if r is None or r.status_code != 201:
+                    continue
+                visit_id = r.json()["id"]
+                key = {"Idempotency-Key": uuid.uuid4().hex}
+                body = {
+                    "treatment": TREATMENT,
+                    "provider_id": plan["provider_id"],
+                    "pay_with": "credits",
+                }
+                path = f"/api/v1/visits/{visit_id}/lines"
+                r = await call(rec, "redeem", path, body, key)
+                if r is None:
+                    continue
+                if r.status_code == 409 and "insufficient" in r.text:
+                    insufficient += 1
+                    continue
+                if r.status_code != 201:
+                    continue
+                line = r.json()
+                redeemed.append([visit_id, line["id"]])
+                if local.random() < plan["retry_share"]:
+                    again = await call(rec, "redeem_retry", path, body, key)
+                    if again is not None and (
+                        again.status_code != 201 or again.json().get("id") != line["id"]
+                    ):
+                        replay_mismatch += 1
+                if local.random() < plan["void_share"]:
+                    r = await call(
+                        rec,
+                        "void",
+                        f"{path}/{line['id']}/void",
+                        {"reason": "entered on the wrong client"},
+                        {"Idempotency-Key": uuid.uuid4().hex},
+                    )
+                    if r is not None and r.status_code == 200:
+                        voided.append(line["id"])
+
+        rec = await common.drive(plan["concurrency"], desk, seconds=plan["seconds"])
+    out = rec.as_dict()
+    out.update(
+        redeemed=redeemed, voided=voided, replay_mismatch=replay_mismatch, insufficient=insufficient
+    )
+    return out
+
+
+def drive_main(plan_path: str, out_path: str) -> None:
+    plan = json.loads(Path(plan_path).read_text())
+    out = asyncio.run(_drive(plan))
+    Path(out_path).write_text(json.dumps(out))
+
+
+# ---------------------------------------------------------------------------------------------
+# The ledger against the responses
+
+
+def audit(url: str, redeemed: list[list[int]], voided: list[int]) -> dict:
+    """Compare what the desks were told with what the ledger holds."""
+    engine = sa.create_engine(url)
+    ok_lines = {line for _visit, line in redeemed}
+    voided_set = set(voided)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT visit_line_id, kind, SUM(quantity) FROM ledger_entries "
+                "WHERE visit_line_id IS NOT NULL GROUP BY visit_line_id, kind"
+            )
+        ).all()
+        negative = conn.execute(
+            sa.text(
+                "SELECT COUNT(*) FROM (SELECT credit_id FROM ledger_entries GROUP BY credit_id "
+                "HAVING SUM(quantity) < 0) AS t"
+            )
+        ).scalar_one()
+        redeemed_lines_db = conn.execute(
+            sa.text("SELECT COUNT(*) FROM visit_lines WHERE status IN ('redeemed', 'voided')")
+        ).scalar_one()
+        reverses = conn.execute(
+            sa.text(
+                "SELECT COUNT(*) FROM (SELECT reverses_entry_id FROM ledger_entries "
+                "WHERE kind = 'reverse' GROUP BY reverses_entry_id HAVING COUNT(*) > 1) AS t"
+            )
+        ).scalar_one()
+    engine.dispose()
+    redeem_qty: dict[int, int] = {}
+    reverse_qty: dict[int, int] = {}
+    for line_id, kind, qty in rows:
+        if kind == "redeem":
+            redeem_qty[line_id] = int(qty)
+        elif kind == "reverse":
+            reverse_qty[line_id] = int(qty)
+    double = sum(1 for line, q in redeem_qty.items() if q < -1)
+    missing = sum(1 for line in ok_lines if redeem_qty.get(line, 0) != -1)
+    without_response = sum(1 for line in redeem_qty if line not in ok_lines)
+    double_void = sum(1 for line, q in reverse_qty.items() if q > 1) + reverses
+    void_missing = sum(1 for line in voided_set if reverse_qty.get(line, 0) != 1)
+    return {
+        "lines_told_redeemed": len(ok_lines),
+        "lines_redeemed_in_db": redeemed_lines_db,
+        "double_redemptions": double + double_void,
+        "redeemed_without_ledger": missing,
+        "ledger_without_response": without_response,
+        "voids_without_reversal": void_missing,
+        "negative_balances": negative,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The baseline: pgbench
+
+
+PGBENCH_SCRIPT = """\\set id random(1, {rows})
+BEGIN;
+SELECT remaining FROM bench_balances WHERE id = :id FOR UPDATE;
+UPDATE bench_balances SET remaining = remaining - 1 WHERE id = :id;
+INSERT INTO bench_entries (balance_id, quantity, created_at) VALUES (:id, -1, now());
+END;
+"""
+
+
+def pgbench(url: str, *, rows: int, clients: int, seconds: int) -> dict:
+    """pgbench -c <clients> running the one-row-update transaction above; tps and latencies."""
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(
+            sa.text(
+                "CREATE TABLE bench_balances (id int PRIMARY KEY, remaining int NOT NULL);"
+                "CREATE TABLE bench_entries (id bigserial PRIMARY KEY, balance_id int NOT NULL "
+                "REFERENCES bench_balances(id), quantity int NOT NULL, created_at timestamptz)"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO bench_balances SELECT g, 1000000 FROM generate_series(1, :n) AS g"
+            ),
+            {"n": rows},
+        )
+    engine.dispose()
+    with tempfile.TemporaryDirectory(prefix="pgbench-") as tmp:
+        script = Path(tmp, "redeem.sql")
+        script.write_text(PGBENCH_SCRIPT.format(rows=rows))
+        args = [
+            "pgbench",
+            "-n",
+            "-M",
+            "prepared",
+            "-c",
+            str(clients),
+            "-j",
+            str(min(clients, common.nproc())),
+            "-T",
+            str(seconds),
+            "-f",
+            str(script),
+            "-l",
+            "--log-prefix",
+            str(Path(tmp, "log")),
+            *common.libpq_args(url),
+        ]
+        done = subprocess.run(
+            args,
+            capture_output=True,
+            text=True,
+            timeout=seconds + 60,
+            env=common.libpq_env(url),
+            cwd=tmp,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"pgbench failed: {done.stderr[-2000:]}")
+        latencies = []
+        for log in Path(tmp).glob("log*"):
+            for line in log.read_text().splitlines():
+                parts = line.split()
+                if len(parts) >= 3:
+                    latencies.append(int(parts[2]) / 1e6)  # microseconds
+    match = re.search(r"tps = ([\d.]+)", done.stdout)
+    tps = float(match.group(1)) if match else len(latencies) / seconds
+    return {"tps": round(tps, 1), "latency_ms": common.summarize_ms(latencies)}
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def seed(url: str, members: int) -> dict:
+    from billing.extensions import db
+
+    app = common.make_app(url)
+    now = datetime.now(UTC)
+    start, end = now - timedelta(days=3), now + timedelta(days=27)
+    with app.app_context():
+        catalogue = common.seed_catalogue(credits_per_period=40)
+        member_ids = common.seed_members(members)
+        ids = common.seed_memberships(
+            member_ids, catalogue.version_id, period_start=start, period_end=end
+        )
+        common.grant_rows_bulk(ids, period_start=start, period_end=end)
+        key = common.api_key("staff")
+        db.session.remove()
+        db.engine.dispose()
+    common.analyze(url)
+    return {"members": member_ids, "provider_id": catalogue.provider_id, "key": key}
+
+
+def in_process_sample(url: str, seeded: dict, iterations: int = 30) -> dict:
+    """One desk, no HTTP (Flask's test client): ms and SQL statements per request kind, so the
+    HTTP figures can be read against what the app itself costs."""
+    from billing.extensions import db
+
+    app = common.make_app(url)
+    client = app.test_client()
+    headers = common.bearer(seeded["key"])
+    members = seeded["members"][-iterations:]
+    times: dict[str, list[float]] = {"open_visit": [], "redeem": [], "void": []}
+    statements: dict[str, int] = {"open_visit": 0, "redeem": 0, "void": 0}
+    lines: list[list[int]] = []  # redeemed and voided here: the audit must know them
+    with app.app_context():
+
+        def timed(name, path, body, extra=None):
+            with common.statement_counter(db.engine) as counted:
+                t0 = time.perf_counter()
+                response = client.post(path, json=body, headers={**headers, **(extra or {})})
+                times[name].append(time.perf_counter() - t0)
+            statements[name] += counted["n"]
+            return response
+
+        for member in members:
+            r = timed("open_visit", "/api/v1/visits", {"member_id": member, "location": "orchard"})
+            visit = r.get_json()["id"]
+            body = {
+                "treatment": TREATMENT,
+                "provider_id": seeded["provider_id"],
+                "pay_with": "credits",
+            }
+            r = timed(
+                "redeem",
+                f"/api/v1/visits/{visit}/lines",
+                body,
+                {"Idempotency-Key": uuid.uuid4().hex},
+            )
+            line = r.get_json()["id"]
+            timed("void", f"/api/v1/visits/{visit}/lines/{line}/void", {"reason": "sample void"})
+            lines.append([visit, line])
+        db.session.remove()
+        db.engine.dispose()
+    figures = {
+        name: {
+            "p50_ms": common.summarize_ms(values)["p50"],
+            "statements": round(statements[name] / len(values), 1),
+        }
+        for name, values in times.items()
+    }
+    return figures, lines
+
+
+def run(args) -> dict:
+    result: dict = {"benchmark": "redeem_load", "members": args.members}
+    with common.fresh_database("bench_redeem", keep=args.keep_db) as url:
+        seeded = seed(url, args.members)
+        sample, sample_lines = in_process_sample(url, seeded)
+        server = common.Server(url, workers=args.workers, threads=args.threads)
+        with server:
+            warm = common.run_driver(
+                __file__,
+                {
+                    "base_url": server.base_url,
+                    "seed": 1,
+                    "concurrency": 4,
+                    "seconds": 2,
+                    "void_share": 0.5,
+                    "retry_share": 0.0,
+                    **seeded,
+                },
+                timeout_s=60,
+            )
+            plan = {
+                "base_url": server.base_url,
+                "seed": args.seed,
+                "concurrency": args.concurrency,
+                "seconds": args.seconds,
+                "void_share": args.void_share,
+                "retry_share": args.retry_share,
+                **seeded,
+            }
+            out = common.run_driver(__file__, plan, timeout_s=args.seconds + 120)
+            server_log = server.log_tail(2000)
+        redeemed = warm["redeemed"] + out["redeemed"] + sample_lines
+        voided = warm["voided"] + out["voided"] + [line for _visit, line in sample_lines]
+        checks = audit(url, redeemed, voided)
+        baseline = pgbench(
+            url, rows=args.members, clients=args.concurrency, seconds=args.pgbench_seconds
+        )
+    elapsed = out["elapsed"]
+    statuses = out["statuses"]
+    redeem_lat = common.summarize_ms(out["latencies"].get("redeem", []))
+    all_lat = common.summarize_ms([x for v in out["latencies"].values() for x in v])
+    errors = sum(
+        n
+        for counts in statuses.values()
+        for status, n in counts.items()
+        if not status.isdigit() or int(status) >= 500
+    )
+    redemptions = statuses.get("redeem", {}).get("201", 0)
+    requests = sum(n for counts in statuses.values() for n in counts.values())
+    result.update(
+        workers=args.workers,
+        threads=args.threads,
+        concurrency=args.concurrency,
+        seconds=round(elapsed, 1),
+        redemptions=redemptions,
+        redemptions_per_s=round(redemptions / elapsed, 1),
+        requests_per_s=round(requests / elapsed, 1),
+        redeem_latency_ms=redeem_lat,
+        all_requests_latency_ms=all_lat,
+        statuses=statuses,
+        errors=errors,
+        error_samples=out["errors"][:5],
+        insufficient_credit_refusals=out["insufficient"],
+        idempotent_replay_mismatches=out["replay_mismatch"],
+        audit=checks,
+        in_process=sample,
+        pgbench=baseline,
+        ratio_throughput_vs_pgbench=common.ratio(redemptions / elapsed, baseline["tps"]),
+        ratio_p95_vs_pgbench=common.ratio(redeem_lat["p95"], baseline["latency_ms"]["p95"]),
+        meets_p95=redeem_lat["p95"] < 50,
+        meets_throughput=redemptions / elapsed >= 300,
+    )
+    if errors:
+        result["server_log_tail"] = server_log
+    return result
+
+
+def report(result: dict) -> None:
+    lat, pg, a = result["redeem_latency_ms"], result["pgbench"], result["audit"]
+    common.print_table(
+        f"redeem_load: {result['concurrency']} desks, {result['members']:,} members, "
+        f"{result['workers']} gunicorn workers x {result['threads']} threads",
+        [
+            ("redemptions/s (HTTP, gunicorn)", result["redemptions_per_s"]),
+            ("  all requests/s (open, redeem, void)", result["requests_per_s"]),
+            ("  redeem p50 ms", lat["p50"]),
+            ("  redeem p95 ms", lat["p95"]),
+            ("  redeem p99 ms", lat["p99"]),
+            ("  every request p95 ms", result["all_requests_latency_ms"]["p95"]),
+            ("  errors (5xx, transport)", result["errors"]),
+            ("  refused: no credit left (409)", result["insufficient_credit_refusals"]),
+            ("  retries answered differently", result["idempotent_replay_mismatches"]),
+            ("double redemptions (must be 0)", a["double_redemptions"]),
+            ("  201 without ledger entry", a["redeemed_without_ledger"]),
+            ("  ledger entry without 201", a["ledger_without_response"]),
+            ("  voids without reversal", a["voids_without_reversal"]),
+            ("  negative balances", a["negative_balances"]),
+            ("pgbench baseline tps", pg["tps"]),
+            ("  pgbench p95 ms", pg["latency_ms"]["p95"]),
+            ("ratio redemptions/s : pgbench tps", result["ratio_throughput_vs_pgbench"]),
+            ("ratio p95 : pgbench p95", result["ratio_p95_vs_pgbench"]),
+            ("target p95 < 50 ms met", result["meets_p95"]),
+            ("target >= 300/s met", result["meets_throughput"]),
+        ],
+    )
+    print("statuses:", json.dumps(result["statuses"]))
+    print("one desk, in process (no HTTP):", json.dumps(result["in_process"]))
+    for sample in result.get("error_samples", []):
+        print("error sample:", sample)
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--members", type=int, default=5000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--pgbench-seconds", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=1, help="gthread threads per worker")
+    parser.add_argument("--void-share", type=float, default=0.5)
+    parser.add_argument("--retry-share", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=20260302)
+    common.base_args(parser)
+    args = parser.parse_args(argv)
+    if args.drive:
+        drive_main(args.drive, args.drive_out)
+        return None
+    result = run(args)
+    report(result)
+    common.emit(result, args.json_out)
+    return result
+
+
+if __name__ == "__main__":
+    main()
