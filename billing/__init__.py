@@ -28,7 +28,7 @@ def create_app(config: Any = None) -> Flask:
         raise RuntimeError("no database configured: set DATABASE_URL")
     Path(app.instance_path).mkdir(parents=True, exist_ok=True)
 
-    from billing import errors, models  # noqa: F401  (models: the whole schema for Alembic)
+    from billing import errors, guards, models  # noqa: F401  (models: the whole schema for Alembic)
     from billing.cli import billing_cli
     from billing.extensions import api, db, migrate
 
@@ -42,6 +42,7 @@ def create_app(config: Any = None) -> Flask:
     )
     api.init_app(app)
     errors.init_app(app)
+    guards.init_app(app)
 
     from billing import health
 
@@ -63,6 +64,8 @@ def _domain_modules() -> list:
         "billing.entitlements",
         "billing.staff",
         "billing.checkout",
+        "billing.series",
+        "billing.gifts",
         "billing.stripe_sync",
         "billing.finance",
         "billing.jobs",

@@ -710,9 +710,59 @@ def _when(moment: datetime | None, settings: ClinicSettings) -> dict | None:
     return {"at": moment.isoformat(), "on": local_date(moment, settings.tz).isoformat()}
 
 
-def _remaining(usable_ids: list[int], now: datetime, settings: ClinicSettings) -> list[dict]:
+def next_possible_on(
+    member: Member, treatment: Treatment, now: datetime, settings: ClinicSettings
+) -> date | None:
+    """The min_interval rule's first possible date for this client, when it blocks today."""
+    facts = rules.LineFacts(
+        client=member.full_name,
+        treatment=treatment.name,
+        category=treatment.category,
+        today=local_date(now, settings.tz),
+        location="",
+        min_interval_days=treatment.min_interval_days,
+        last_done_on=_last_done_on(member.id, treatment.id, settings),
+    )
+    violation = rules.min_interval(facts)
+    if violation is None:
+        return None
+    return date.fromisoformat(violation.extra["first_possible_on"])
+
+
+def _short_day(day: date, today: date) -> str:
+    """14 Jan (this year), 14 Jan 2027 (another year)."""
+    return f"{day.day} {day:%b}" + ("" if day.year == today.year else f" {day.year}")
+
+
+def balance_summary(
+    ent: ledger.Entitlement, member: Member, now: datetime, settings: ClinicSettings
+) -> dict:
+    """One balance as a client reads it: "BBL: 2 of 3 left, next possible from 14 Jan" (the
+    next date is the min_interval rule's, for this client, when it blocks today)."""
+    treatments = [db.session.get(Treatment, tid) for tid in ent.treatment_ids]
+    dates = [next_possible_on(member, t, now, settings) for t in treatments]
+    # A choice credit is possible as soon as any of its treatments is.
+    nxt = None if not dates or any(d is None for d in dates) else min(dates)
+    units = "" if ent.unit_label == "session" else f" {ent.unit_label}s"
+    text = f"{ent.label}: {ent.remaining} of {ent.granted}{units} left"
+    if nxt is not None:
+        text += f", next possible from {_short_day(nxt, local_date(now, settings.tz))}"
+    return {
+        "granted": ent.granted,
+        "next_possible_on": nxt.isoformat() if nxt else None,
+        "summary": text,
+    }
+
+
+def _remaining(
+    usable_ids: list[int],
+    now: datetime,
+    settings: ClinicSettings,
+    member: Member | None = None,
+) -> list[dict]:
     result = []
     for ent in ledger.entitlements(usable_ids, now):
+        said = balance_summary(ent, member, now, settings) if member is not None else {}
         result.append(
             {
                 "label": ent.label,
@@ -734,6 +784,7 @@ def _remaining(usable_ids: list[int], now: datetime, settings: ClinicSettings) -
                     }
                     for lot in ent.lots
                 ],
+                **said,
             }
         )
     return result
@@ -901,13 +952,16 @@ def desk_lookup(
             now=now,
             settings=settings,
         )
+        blocked_by = rules.check(facts)
+        interval = next((v for v in blocked_by if v.rule == "min_interval"), None)
         treatments.append(
             {
                 "code": t.code,
                 "name": t.name,
                 "remaining": picture.redeemable_balance,
                 "would_pay_with": "credits" if uses_credits else "charge",
-                "blocked_by": [{"rule": v.rule, "detail": v.detail} for v in rules.check(facts)],
+                "blocked_by": [{"rule": v.rule, "detail": v.detail} for v in blocked_by],
+                "next_possible_on": interval.extra["first_possible_on"] if interval else None,
             }
         )
     return {
@@ -920,6 +974,6 @@ def desk_lookup(
         "candidates": [],
         "memberships": memberships,
         "member_discount_bp": _member_discount_bp(usable, now),
-        "balances": _remaining([m.id for m in usable], now, settings),
+        "balances": _remaining([m.id for m in usable], now, settings, member),
         "treatments": treatments,
     }

@@ -90,14 +90,18 @@ class Redemption:
 
 
 def lock_memberships(ids: Iterable[int]) -> None:
-    """Serialise writers per membership (in id order, so two lockers never deadlock)."""
+    """Serialise writers per membership (in id order, so two lockers never deadlock).
+
+    The locked rows are re-read (populate_existing), so a writer that waited for the lock acts
+    on what the previous writer committed, not on what it had read before."""
     ids = sorted(set(ids))
     if ids:
         db.session.execute(
-            sa.select(Membership.id)
+            sa.select(Membership)
             .where(Membership.id.in_(ids))
             .order_by(Membership.id)
             .with_for_update()
+            .execution_options(populate_existing=True)
         ).all()
 
 
@@ -914,12 +918,15 @@ class Entitlement:
     value_at_list_minor: int
     currency: str
     lots: list[Lot]
+    granted: int = 0  # what the live lots were granted with ("2 of 3 left")
 
 
 def entitlements(membership_ids: Sequence[int], now: datetime) -> list[Entitlement]:
     grouped: dict[tuple, list[Lot]] = defaultdict(list)
     for lot in live_lots(membership_ids, now):
         credit = lot.credit
+        if is_holding(credit):
+            continue  # a gift's prepaid months: nothing to redeem until a month is converted
         key = (
             ("treatment", credit.treatment_id)
             if credit.treatment_id
@@ -947,6 +954,7 @@ def entitlements(membership_ids: Sequence[int], now: datetime) -> list[Entitleme
                 value_at_list_minor=remaining * list_price,
                 currency=credit.currency,
                 lots=group,
+                granted=sum(lot.credit.quantity for lot in group),
             )
         )
     result.sort(key=lambda e: (e.next_expiry, e.label))
@@ -1094,3 +1102,152 @@ def manual_grant(
         now=now,
         items=lines,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Prepaid holdings: a gift's months, paid before anyone can use them
+
+
+def is_holding(credit: Credit) -> bool:
+    """A lot that covers no treatment (no treatment, no plan item): money held for a gift until
+    its months are converted into a period's credits. Nothing can be redeemed from it."""
+    return credit.treatment_id is None and credit.plan_item_id is None
+
+
+def hold_prepaid(
+    membership: Membership,
+    *,
+    quantity: int,
+    unit_label: str,
+    net_amount_minor: int,
+    expires_at: datetime,
+    source: GrantSource,
+    now: datetime,
+    commit: bool = True,
+) -> CreditGrant:
+    """Put a prepaid purchase on the ledger as one holding lot (a gift of N months: N "month"
+    units worth the purchase's net amount), so its deferred revenue is there from the payment.
+
+    Unlike grant_period, the membership need not be active: a gift waits, pending, until it is
+    claimed. Once per (membership, source ref); a repeat returns the first grant."""
+    if quantity < 1:
+        raise InvalidInput("A holding needs a quantity of at least 1.")
+    if net_amount_minor < 0:
+        raise InvalidInput("The amount to hold cannot be negative.")
+    existing = db.session.execute(
+        sa.select(CreditGrant).where(
+            CreditGrant.membership_id == membership.id, CreditGrant.source_ref == source.ref
+        )
+    ).scalar_one_or_none()
+    if existing is not None:
+        return existing
+    lock_memberships([membership.id])
+    version = membership.plan_version
+    grant = CreditGrant(
+        membership_id=membership.id,
+        period_start=now,
+        period_end=expires_at,
+        source_ref=source.ref,
+        invoice_id=source.invoice_id,
+        plan_version_id=version.id,
+        net_amount_minor=net_amount_minor,
+        currency=version.currency,
+        actor=source.actor,
+        reason=source.reason,
+        created_at=now,
+    )
+    db.session.add(grant)
+    db.session.flush()
+    credit = Credit(
+        grant_id=grant.id,
+        membership_id=membership.id,
+        plan_item_id=None,
+        treatment_id=None,
+        product_type=ProductType.GIFT,
+        unit_label=unit_label,
+        quantity=quantity,
+        ssp_unit_minor=div_round_half_up(net_amount_minor, quantity),
+        allocated_minor=net_amount_minor,
+        currency=version.currency,
+        period_start=now,
+        period_end=expires_at,
+        expires_at=expires_at,
+        created_at=now,
+    )
+    db.session.add(credit)
+    db.session.flush()
+    db.session.add(
+        _entry(
+            credit,
+            EntryKind.GRANT,
+            quantity,
+            net_amount_minor,
+            expires_at,
+            now,
+            source.actor,
+            reason=source.reason or f"held for {source.ref}",
+            invoice_id=source.invoice_id,
+        )
+    )
+    db.session.flush()
+    if commit:
+        db.session.commit()
+    return grant
+
+
+def holding_lot(credit: Credit) -> Lot:
+    lot = next(
+        (x for x in lots([credit.membership_id], include_empty=True) if x.credit.id == credit.id),
+        None,
+    )
+    if lot is None:
+        raise NotFound(f"No credit {credit.id}.")
+    return lot
+
+
+def take_from_holding(
+    credit: Credit, *, ref: str, actor: str, reason: str, now: datetime
+) -> LedgerEntry:
+    """Take one unit (a month) off a holding lot at its share of the value: an `adjust` entry
+    -1 / -value. The caller grants that value as a period's credits in the same transaction,
+    so deferred revenue does not change. Once per ref (the entry's dedupe key). Does not commit."""
+    key = f"convert:{ref}"
+    done = db.session.execute(
+        sa.select(LedgerEntry).where(LedgerEntry.dedupe_key == key)
+    ).scalar_one_or_none()
+    if done is not None:
+        return done
+    lock_memberships([credit.membership_id])
+    lot = holding_lot(credit)
+    if lot.remaining < 1:
+        raise Conflict("Nothing is left on this holding to convert.", slug="holding-empty")
+    value = (
+        lot.value_minor if lot.remaining == 1 else div_round_half_up(lot.value_minor, lot.remaining)
+    )
+    entry = _entry(
+        credit,
+        EntryKind.ADJUST,
+        -1,
+        -value,
+        lot.expires_at,
+        now,
+        actor,
+        reason=reason,
+        dedupe_key=key,
+    )
+    db.session.add(entry)
+    db.session.flush()
+    return entry
+
+
+def extend_expiry(
+    credit: Credit, until: datetime, *, actor: str, reason: str, now: datetime
+) -> LedgerEntry | None:
+    """Move a credit's expiry later (never earlier) with a 0/0 `adjust` entry. Does not commit."""
+    lot = holding_lot(credit)
+    if until <= lot.expires_at:
+        return None
+    entry = _entry(credit, EntryKind.ADJUST, 0, 0, until, now, actor, reason=reason)
+    db.session.add(entry)
+    db.session.flush()
+    return entry

@@ -26,6 +26,7 @@ from billing.finance.recognition import (
     Scope,
     apply_filters,
     effective_at,
+    entry_kind,
     home_code,
     ledger_joined,
     roll_forward,
@@ -286,6 +287,7 @@ def ledger_entries(scope: Scope) -> Iterator[list]:
             LedgerEntry.created_at,
             t,
             LedgerEntry.kind,
+            entry_kind().label("movement_kind"),
             LedgerEntry.credit_id,
             LedgerEntry.membership_id,
             Member.id.label("member_id"),
@@ -323,7 +325,7 @@ def ledger_entries(scope: Scope) -> Iterator[list]:
         "home_location",
     ]
     for r in stream(q):
-        movement = KIND_MOVEMENT.get(r.kind)
+        movement = KIND_MOVEMENT.get(r.movement_kind)
         yield [
             r.id,
             scope.local_time(r.created_at),

@@ -267,7 +267,30 @@ KIND_MOVEMENT: dict[str, tuple[str, int] | None] = {
     EntryKind.ADJUST: ("breakage", -1),
     EntryKind.CLAWBACK: ("clawed_back", -1),
     EntryKind.ROLLOVER: None,
+    "transfer": None,
 }
+
+TRANSFER = "transfer"
+
+
+def entry_kind():
+    """The entry's kind as revenue sees it. A gift's month converted into that month's credits is
+    two entries (an `adjust` off the gift's holding credit, a `grant` of the month) that only move
+    deferred value from one credit to another: a transfer, neither billing nor breakage. The gift
+    was billed when it was bought."""
+    return sa.case(
+        (
+            sa.and_(LedgerEntry.kind == EntryKind.ADJUST, LedgerEntry.dedupe_key.like("convert:%")),
+            TRANSFER,
+        ),
+        (
+            sa.and_(
+                LedgerEntry.kind == EntryKind.GRANT, CreditGrant.source_ref.like("gift:%:month:%")
+            ),
+            TRANSFER,
+        ),
+        else_=LedgerEntry.kind,
+    )
 
 
 def effective_at():
@@ -390,7 +413,7 @@ def movements(scope: Scope, periods: list[Period] | None = None) -> dict[tuple, 
             Plan.code.label("tier"),
             home_code().label("location"),
             LedgerEntry.currency.label("currency"),
-            LedgerEntry.kind.label("kind"),
+            entry_kind().label("kind"),
             LedgerEntry.value_minor.label("value"),
         ).where(t > periods[0].start, t <= periods[-1].end),
         scope,
@@ -467,7 +490,7 @@ def waterfall(scope: Scope) -> list[WaterfallCell]:
             period_bucket(Credit.created_at, periods).label("billing"),
             period_bucket(t, periods).label("release"),
             LedgerEntry.currency.label("currency"),
-            LedgerEntry.kind.label("kind"),
+            entry_kind().label("kind"),
             LedgerEntry.value_minor.label("value"),
         ).where(
             Credit.created_at > scope.start,
@@ -513,7 +536,7 @@ def waterfall(scope: Scope) -> list[WaterfallCell]:
 def recognised_between(start: datetime, end: datetime, scope: Scope | None = None) -> dict:
     """Treatment revenue and breakage recognised in (start, end]."""
     t = effective_at()
-    q = ledger_joined(LedgerEntry.kind.label("kind"), LedgerEntry.value_minor.label("value")).where(
+    q = ledger_joined(entry_kind().label("kind"), LedgerEntry.value_minor.label("value")).where(
         t > start, t <= end
     )
     if scope is not None:

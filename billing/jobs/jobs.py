@@ -1,8 +1,9 @@
 """The scheduled jobs. Each takes `now` (the scheduler passes billing.clock.now()), is safe to
 run late or twice, and returns counts of what it did.
 
-- expire_credits: cancellations whose period ended are finished; credits past their expiry
-  roll over or expire by the tier's rule. One transaction per membership.
+- expire_credits: gift months that have started are converted into credits and unclaimed gifts
+  expire; cancellations whose period ended are finished; credits past their expiry roll over or
+  expire by the tier's rule. One transaction per membership (and per gift).
 - end_grace_periods: a past-due membership whose grace period is over is blocked from
   redeeming; the moment is recorded once as a "grace_ended" membership event.
 - reconcile_stripe: asks Stripe what changed lately and repairs what the webhooks missed.
@@ -61,6 +62,12 @@ def expire_credits(*, now: datetime, batch_size: int = BATCH_SIZE) -> dict:
     )
     crash_after = _test_crash_after()
     done = 0
+
+    # Gifts first: months that have started become credits, and a gift nobody claimed in time
+    # expires (its holding lot is breakage at claim_by) before the expiry pass below.
+    from billing.gifts.service import grant_due_gift_months
+
+    counts.update(grant_due_gift_months(now, settings=settings, actor=actor))
 
     for membership_id in _batched(
         lambda after, size: _ending_cancellations(now, after, size), batch_size

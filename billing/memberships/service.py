@@ -82,6 +82,14 @@ def get_membership(membership_id: int) -> Membership:
     return membership
 
 
+GIFT_SOURCE = "gift"
+
+
+def _unclaimed_gift():
+    """A gift's holding membership before its claim: pending, source "gift"."""
+    return sa.and_(Membership.source == GIFT_SOURCE, Membership.state == State.PENDING)
+
+
 def join(
     member: Member,
     version: PlanVersion,
@@ -96,7 +104,9 @@ def join(
         raise Conflict(
             f"{version.plan.name} is retired: nobody can join it now.", slug="plan-retired"
         )
-    if version.plan.kind == PlanKind.TIER:
+    if version.plan.kind == PlanKind.TIER and source != GIFT_SOURCE:
+        # A gift bought for someone else is held on a membership of the buyer's until it is
+        # claimed: it is not the buyer's own tier, and holding one does not count as one.
         existing = (
             db.session.execute(
                 sa.select(Membership)
@@ -106,6 +116,7 @@ def join(
                     Membership.member_id == member.id,
                     Membership.state != State.CANCELED,
                     PlanVersion.plan.has(kind=PlanKind.TIER),
+                    ~_unclaimed_gift(),
                 )
             )
             .scalars()
@@ -152,12 +163,18 @@ def record_paid_period(
     source: ledger.GrantSource,
     now: datetime,
     stripe_event_id: str | None = None,
+    items=None,
     commit: bool = True,
 ):
     """A period was paid: the membership is active for it and its credits are granted, once.
 
     A downgrade waiting for this period takes effect first, so the new period grants the new
-    tier. A repeat for the same period and source changes nothing."""
+    tier. A repeat for the same period and source changes nothing. `items` ([(plan item,
+    quantity)]) grants part of the plan (a series paid by instalments); None: all of it.
+
+    The membership's row is locked first: two periods paid at the same moment (two webhook
+    deliveries on two servers) are applied one after the other, and both are counted."""
+    ledger.lock_memberships([membership.id])
     if ledger._find_grant(membership.id, period_start, source.ref) is not None:
         return None
     if membership.state in (State.CANCELED, State.PAUSED):
@@ -192,7 +209,9 @@ def record_paid_period(
         membership.current_period_start = period_start
         membership.current_period_end = period_end
     membership.paid_periods += 1
-    grant = ledger.grant_period(membership, period_start, period_end, source, now=now, commit=False)
+    grant = ledger.grant_period(
+        membership, period_start, period_end, source, now=now, items=items, commit=False
+    )
     if commit:
         db.session.commit()
     return grant
@@ -621,7 +640,11 @@ def memberships_usable_by(member_id: int) -> list[Membership]:
     return list(
         db.session.execute(
             sa.select(Membership)
-            .where(Membership.id.in_(own.union(shared)), Membership.state != State.CANCELED)
+            .where(
+                Membership.id.in_(own.union(shared)),
+                Membership.state != State.CANCELED,
+                ~_unclaimed_gift(),
+            )
             .order_by(Membership.id)
         ).scalars()
     )
@@ -745,3 +768,26 @@ def next_payment_at(membership: Membership) -> datetime | None:
     if membership.state == State.PAST_DUE:
         return membership.next_payment_attempt
     return None
+
+
+def transfer_gift(
+    membership: Membership, recipient: Member, *, actor: str, now: datetime, code: str
+) -> MembershipEvent:
+    """A gift's holding membership passes from its buyer to the person who claimed it: the one
+    change of owner there is, recorded as a "gift_claimed" event. Does not commit."""
+    if membership.source != GIFT_SOURCE:
+        raise Conflict("Only a gift's membership changes hands.", slug="not-a-gift")
+    previous = membership.member_id
+    membership.member_id = recipient.id
+    membership.member = recipient
+    event = MembershipEvent(
+        membership_id=membership.id,
+        kind="gift_claimed",
+        at=now,
+        actor=actor,
+        reason=f"gift {code} claimed by {recipient.full_name}",
+        data={"from_member_id": previous, "to_member_id": recipient.id, "code": code},
+    )
+    db.session.add(event)
+    db.session.flush()
+    return event

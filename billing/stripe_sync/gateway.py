@@ -515,6 +515,31 @@ class Gateway:
     # -----------------------------------------------------------------------------------------
     # One-off charges and refunds
 
+    def create_payment_intent(
+        self,
+        member: Member,
+        *,
+        amount_minor: int,
+        currency: str,
+        idempotency_key: str,
+        metadata: dict[str, str],
+    ) -> tuple[str, str | None]:
+        """A one-off payment the client confirms in their browser (a series bought online).
+        Returns the PaymentIntent id and its client secret; payment_intent.succeeded completes
+        the purchase."""
+        customer_id = self.ensure_customer(member)
+        with _stripe_call("start the payment"):
+            intent = self.v1.payment_intents.create(
+                params={
+                    "amount": amount_minor,
+                    "currency": currency.lower(),
+                    "customer": customer_id,
+                    "metadata": {"member_id": str(member.id), **metadata},
+                },
+                options={"idempotency_key": idempotency_key},
+            )
+        return intent.id, intent.client_secret
+
     def charge_off_session(
         self,
         member: Member,

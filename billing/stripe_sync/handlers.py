@@ -737,6 +737,8 @@ def on_customer_deleted(customer: dict, ctx: Context) -> str | None:
 
 def on_payment_intent_succeeded(intent: dict, ctx: Context) -> str | None:
     metadata = intent.get("metadata") or {}
+    if metadata.get("kind") in PREPAID_KINDS:
+        return _prepaid_paid(intent, metadata, ctx)
     if metadata.get("kind") != "visit_charge":
         raise Skip("an invoice's payment: the invoice events record it")
     member = member_for_customer(_id(intent.get("customer")), metadata)
@@ -751,6 +753,46 @@ def on_payment_intent_succeeded(intent: dict, ctx: Context) -> str | None:
         visit_id=_existing_visit(int(visit_id)) if visit_id.isdigit() else None,
     )
     return f"card payment {payment.id} recorded for PaymentIntent {intent['id']}"
+
+
+# A series sold online, a gift bought online: the invoice we opened is paid by this intent.
+PREPAID_KINDS = ("series_payment", "gift_payment")
+
+
+def _prepaid_paid(intent: dict, metadata: dict, ctx: Context) -> str | None:
+    """The browser confirmed the payment of a series or a gift: its invoice is paid and, once,
+    the series' credits granted (series) or the gift held and claimable (gift)."""
+    from billing.payments.models import Invoice
+
+    invoice_id = str(metadata.get("invoice_id") or "")
+    invoice = db.session.get(Invoice, int(invoice_id)) if invoice_id.isdigit() else None
+    if invoice is None:
+        raise NeedsAttention(
+            f"PaymentIntent {intent['id']} pays invoice {invoice_id or '?'}, which we do not have."
+        )
+    received = int(intent.get("amount_received") or intent.get("amount") or 0)
+    currency = (intent.get("currency") or "").upper()
+    if received != invoice.total_minor or (currency and currency != invoice.currency):
+        raise NeedsAttention(
+            f"PaymentIntent {intent['id']} received {received} {currency}; invoice {invoice.id} "
+            f"is for {invoice.total_minor} {invoice.currency}."
+        )
+    common = {
+        "payment_intent_id": intent["id"],
+        "charge_id": _id(intent.get("latest_charge")),
+        "actor": ctx.actor,
+        "now": ctx.now,
+    }
+    if metadata["kind"] == "gift_payment":
+        from flask import current_app
+
+        from billing.gifts import service as gifts
+
+        days = int(current_app.config.get("GIFT_CLAIM_DAYS", gifts.DEFAULT_CLAIM_DAYS))
+        return gifts.settle_online_payment(invoice.id, claim_days=days, **common)
+    from billing.series import service as series
+
+    return series.settle_online_payment(invoice.id, stripe_event_id=ctx.event_id, **common)
 
 
 def _existing_visit(visit_id: int) -> int | None:
@@ -794,6 +836,8 @@ HANDLERS: dict[str, Handler] = {
     "customer.updated": on_customer_updated,
     "customer.deleted": on_customer_deleted,
     # A visit's amount owed charged to the card on file (checkout): a Payment for finance.
+    # A series or a gift paid in the browser: its invoice paid, the series' credits granted
+    # or the gift made claimable, once.
     "payment_intent.succeeded": on_payment_intent_succeeded,
 }
 

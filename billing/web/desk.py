@@ -30,7 +30,7 @@ from billing.errors import DomainError, InvalidInput
 from billing.extensions import db
 from billing.members import service as members
 from billing.memberships.models import Membership, State
-from billing.plans.models import Treatment
+from billing.plans.models import Plan, PlanKind, Treatment
 from billing.settings import clinic_settings
 from billing.staff.models import Staff
 from billing.web import web_blueprint
@@ -157,6 +157,7 @@ class BalanceRow:
     next_expiry: datetime | None
     treatments: list[TreatmentRow]
     granted: int = 0
+    summary: str = ""  # "BBL: 2 of 3 left, next possible from 14 Jan"
 
 
 def _card(member_id: int, now: datetime) -> dict:
@@ -195,6 +196,8 @@ def _card(member_id: int, now: datetime) -> dict:
                 unit_label=balance["unit_label"],
                 next_expiry=datetime.fromisoformat(expiry) if expiry else None,
                 treatments=[row(t["code"]) for t in balance["treatments"]],
+                granted=balance.get("granted", 0),
+                summary=balance.get("summary", ""),
             )
         )
     in_balances = {t.code for b in balances for t in b.treatments}
@@ -240,9 +243,70 @@ def member(member_id: int):
         providers=providers,
         provider_id=session.get("desk_provider"),
         action=ActionForm(),
+        series_on_sale=_series_on_sale(),
         now=now,
         State=State,
     )
+
+
+# ------------------------------------------------------------------------------ selling a series
+
+
+def _series_on_sale() -> list[Plan]:
+    return [
+        plan
+        for plan in db.session.scalars(
+            sa.select(Plan)
+            .where(Plan.kind == PlanKind.SERIES, Plan.retired_at.is_(None))
+            .order_by(Plan.name)
+        )
+        if plan.current_version is not None
+    ]
+
+
+@bp.post("/members/<int:member_id>/series")
+@requires("staff")
+def sell_series(member_id: int):
+    """Sell a treatment series from the client's card: paid now at the desk or by the card on
+    file, in full or in the plan's instalments."""
+    from billing.series import service as series
+
+    ActionForm().validate_on_submit()
+    back = redirect(url_for("web_desk.member", member_id=member_id) + "#series")
+    try:
+        instalments = int(request.form.get("instalments") or "1")
+    except ValueError:
+        instalments = 0
+    payment = request.form.get("payment", "desk")
+    if payment not in series.LATER_PAYMENT_METHODS:
+        flash("Take the payment at the desk or by the card on file.", "error")
+        return back
+    try:
+        sold = series.purchase(
+            member_id,
+            plan_code=request.form.get("plan", ""),
+            payment=payment,
+            instalments=instalments,
+            actor=_actor(),
+            now=clock.now(),
+            settings=clinic_settings(),
+        )
+    except DomainError as exc:
+        db.session.rollback()
+        _say(exc)
+        return back
+    plan = sold.membership.plan_version.plan
+    until = sold.credits_expire_at
+    left = "; ".join(b["summary"] for b in sold.balances)
+    paid = (
+        f"paid in full ({_money(sold.purchase.total_minor, sold.purchase.currency)})"
+        if sold.purchase.instalments == 1
+        else f"instalment 1 of {sold.purchase.instalments} paid "
+        f"({_money(sold.purchase.instalment_rows[0].total_minor, sold.purchase.currency)})"
+    )
+    valid = f", valid until {until.astimezone(clinic_settings().tz):%-d %B %Y}" if until else ""
+    flash(f"Sold {plan.name}: {paid}{valid}. {left}".strip(), "success")
+    return back
 
 
 @bp.post("/members/<int:member_id>/visits")

@@ -15,14 +15,16 @@ from flask import current_app, flash, redirect, render_template, request, url_fo
 
 from billing import clock
 from billing.auth.access import current_principal, ensure_member_access, requires
+from billing.checkout import service as checkout
 from billing.entitlements import service as ledger
-from billing.errors import Forbidden, NotFound, ServiceUnavailable
+from billing.errors import DomainError, Forbidden, NotFound, ServiceUnavailable
 from billing.extensions import db
 from billing.members.models import Member
 from billing.memberships import service as memberships
 from billing.memberships.models import Membership, State
 from billing.money import div_round_half_up
 from billing.plans.models import Plan, PlanKind, PlanVersion
+from billing.settings import clinic_settings
 from billing.stripe_sync import service as stripe_billing
 from billing.web import web_blueprint
 from billing.web.forms import ActionForm, CancelForm, PauseForm
@@ -178,26 +180,88 @@ def home():
     now = clock.now()
     owned, shared = [], []
     for membership in memberships.memberships_of(member.id):
-        if membership.state == State.CANCELED:
-            continue
+        if membership.state == State.CANCELED or _unclaimed_gift(membership):
+            continue  # a gift bought for someone else is listed under "Gifts you gave"
         (owned if membership.member_id == member.id else shared).append(membership)
-    cards = [
-        {
-            "membership": m,
-            "entitlements": ledger.entitlements([m.id], now),
-            "next_payment": memberships.next_payment_at(m),
-        }
-        for m in owned + shared
-    ]
+    settings = clinic_settings()
+    cards = []
+    for m in owned + shared:
+        entitlements = ledger.entitlements([m.id], now)
+        cards.append(
+            {
+                "membership": m,
+                "entitlements": entitlements,
+                # "BBL: 2 of 3 left, next possible from 14 Jan", one per balance
+                "summaries": [
+                    checkout.balance_summary(e, member, now, settings)["summary"]
+                    for e in entitlements
+                ],
+                "next_payment": memberships.next_payment_at(m),
+            }
+        )
     return render_template(
         "portal/home.html",
         member=member,
         cards=cards,
+        gifts_given=_gifts_given(member.id),
         history=history_of(member.id),
         action=ActionForm(),
         now=now,
         State=State,
     )
+
+
+def _unclaimed_gift(membership: Membership) -> bool:
+    return membership.source == memberships.GIFT_SOURCE and membership.state == State.PENDING
+
+
+def _gifts_given(member_id: int) -> list:
+    from billing.gifts.models import Gift
+
+    return list(
+        db.session.scalars(
+            sa.select(Gift)
+            .where(Gift.buyer_member_id == member_id)
+            .order_by(Gift.purchased_at.desc())
+            .limit(20)
+        )
+    )
+
+
+@bp.post("/gifts/claim")
+@requires("client")
+def claim_gift():
+    """Claim a gift code: the gift becomes the member's own (a new membership, or months added
+    to theirs of the same tier) from today."""
+    from billing.gifts import service as gifts
+
+    member = _me()
+    ActionForm().validate_on_submit()
+    code = (request.form.get("code") or "").strip()
+    if not code:
+        flash("Type the gift code you were given.", "error")
+        return _back()
+    try:
+        view = gifts.claim(
+            code,
+            member_id=member.id,
+            actor=_actor(),
+            now=clock.now(),
+            settings=clinic_settings(),
+        )
+    except DomainError as exc:
+        db.session.rollback()
+        flash(exc.detail, "error")
+        return _back()
+    gift = view.gift
+    plan = gift.plan_version.plan
+    what = (
+        plan.name
+        if plan.kind == PlanKind.SERIES
+        else f"{gift.months} month{'' if gift.months == 1 else 's'} of {plan.name}"
+    )
+    flash(f"Gift claimed: {what}, from today. Enjoy!", "success")
+    return _back()
 
 
 @bp.get("/visits/<int:visit_id>/receipt")

@@ -1,11 +1,14 @@
 """The ledger's invariants under random sequences of what happens at a clinic: periods paid and
 granted, redemptions (some asking for too much, some by a household beneficiary, some in units),
-reversals, pauses, time passing with expiry and rollover, refunds clawing credits back.
+reversals, pauses, time passing with expiry and rollover, refunds clawing credits back; a
+treatment series sold in instalments (credits granted per instalment) and a gift of months held
+on the ledger, claimed, and converted month by month.
 
 After every step: a credit's balance is the sum of its entries and never went below zero, its
 deferred value is never negative (and nothing is left on an empty credit), no expired credit was
-ever redeemed, a redemption succeeds exactly when enough live credit exists, and every grant's
-allocations add up to its net amount to the cent."""
+ever redeemed, a redemption succeeds exactly when enough live credit exists, every grant's
+allocations add up to its net amount to the cent, a series holds exactly its paid instalments'
+share, and a gift's conversions move value from its holding lot without creating any."""
 
 from __future__ import annotations
 
@@ -28,12 +31,17 @@ from sqlalchemy.orm import selectinload
 
 from billing.entitlements import service as ledger
 from billing.entitlements.models import Credit, CreditGrant, EntryKind, LedgerEntry
-from billing.errors import Conflict
+from billing.errors import Conflict, DomainError
 from billing.extensions import db
+from billing.gifts import service as gifts
+from billing.gifts.models import Gift
 from billing.memberships import service as memberships
 from billing.memberships.models import Membership, State
 from billing.payments.models import Invoice
 from billing.plans.models import PlanItemOption
+from billing.series import service as series
+from billing.series.models import SeriesPurchase
+from billing.settings import clinic_settings
 from tests import factories as f
 
 PERIOD = timedelta(days=30)
@@ -83,7 +91,16 @@ class LedgerMachine(RuleBasedStateMachine):
             rollover_max_periods=1,
             rollover_cap=1,
         )
+        course = f.plan(
+            [(t["facial"], 3), (t["botox"], 30)],
+            kind="series",
+            price=109000,
+            credit_validity_days=60,
+            instalments=3,
+            grant_mode="per_instalment",
+        )
         owner, partner, solo = f.member("Mei"), f.member("Jun"), f.member("Wei")
+        buyer, self.recipient = f.member("Ana").id, f.member("Lin").id
         self.household = memberships.join(owner, household, actor="t", now=self.now)
         self.solo = memberships.join(solo, rollover, actor="t", now=self.now)
         memberships.add_beneficiary(self.household, partner, actor="t", now=self.now)
@@ -94,6 +111,35 @@ class LedgerMachine(RuleBasedStateMachine):
         self.clawed: set[int] = set()
         for membership_id in self.memberships:
             self._pay_period(membership_id, 30000)
+        # A series paid in three instalments (a third of each item per instalment), and a gift
+        # of three months of the household tier, bought by Ana for Lin.
+        self.settings = clinic_settings()
+        sold = series.purchase(
+            solo.id,
+            plan_code=course.plan.code,
+            payment="desk",
+            instalments=3,
+            actor="desk",
+            now=self.now,
+            settings=self.settings,
+        )
+        self.series = sold.membership.id
+        gift = gifts.buy(
+            buyer,
+            plan_code=household.plan.code,
+            months=3,
+            recipient_name="Lin",
+            payment="desk",
+            actor="desk",
+            now=self.now,
+            settings=self.settings,
+            claim_days=45,
+        ).gift
+        self.gift_code, self.gift_membership = gift.code, gift.membership_id
+        self.gift_claimed = False
+        self.members[self.series] = [solo.id]
+        self.members[self.gift_membership] = [buyer]
+        self.memberships += [self.series, self.gift_membership]
         self.covering = self._covering_items()
 
     # ------------------------------------------------------------------------------ helpers
@@ -180,7 +226,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self._pay_period(membership_id, net)
 
     @rule(
-        which=st.integers(0, 1),
+        which=st.integers(0, 3),
         treatment=st.sampled_from(["facial", "peel", "mask", "botox"]),
         quantity=st.integers(1, 25),
         by_beneficiary=st.booleans(),
@@ -230,11 +276,29 @@ class LedgerMachine(RuleBasedStateMachine):
         if not candidates:
             return
         entry = candidates[pick % len(candidates)]
-        back = ledger.reverse(entry, actor="desk", reason="wrong line", now=self.now)
+        before = self._entry_count()
+        try:
+            back = ledger.reverse(entry, actor="desk", reason="wrong line", now=self.now)
+        except Conflict as refused:
+            # The credit's invoice was refunded after the treatment: the member owes for it,
+            # and handing the credit back would give away a refunded credit.
+            db.session.rollback()
+            assert refused.slug == "credit-clawed-back"
+            assert self._entry_count() == before
+            same_grant = sa.select(Credit.id).where(Credit.grant_id == entry.credit.grant_id)
+            clawed = db.session.execute(
+                sa.select(LedgerEntry.id).where(
+                    LedgerEntry.credit_id.in_(same_grant),
+                    LedgerEntry.kind == EntryKind.CLAWBACK,
+                    LedgerEntry.created_at >= entry.created_at,
+                )
+            ).first()
+            assert clawed is not None
+            return
         assert (back.quantity, back.value_minor) == (-entry.quantity, -entry.value_minor)
         self.redeemed[entry.membership_id] += entry.quantity  # entry.quantity is negative
 
-    @rule(which=st.integers(0, 1))
+    @rule(which=st.integers(0, 3))
     def pause_or_resume(self, which):
         membership = self._membership(self.memberships[which])
         if membership.state == State.ACTIVE:
@@ -246,8 +310,58 @@ class LedgerMachine(RuleBasedStateMachine):
     def time_passes(self, days):
         self.now = self.clock.advance(days=days)
 
+    @rule(number=st.integers(1, 4))
+    def pay_a_series_instalment(self, number):
+        before = self._entry_count()
+        try:
+            series.pay_instalment(
+                self.series,
+                number,
+                payment="desk",
+                actor="desk",
+                now=self.now,
+                settings=self.settings,
+            )
+        except Conflict as refused:  # out of order, or the series is paused
+            db.session.rollback()
+            assert refused.slug in ("instalment-out-of-order", "membership-paused")
+            assert self._entry_count() == before
+        except DomainError as refused:  # there is no instalment 4
+            db.session.rollback()
+            assert number == 4 and refused.status == 404
+            assert self._entry_count() == before
+
+    @precondition(lambda self: not self.gift_claimed)
+    @rule()
+    def claim_the_gift(self):
+        gift = db.session.execute(sa.select(Gift)).scalar_one()
+        try:
+            gifts.claim(
+                self.gift_code,
+                member_id=self.recipient,
+                actor="client",
+                now=self.now,
+                settings=self.settings,
+            )
+        except Conflict as refused:
+            db.session.rollback()
+            # Too late, or its purchase was refunded (nothing is left to convert).
+            assert refused.slug in ("gift-expired", "holding-empty")
+            assert refused.slug != "gift-expired" or self.now >= gift.claim_by
+            return
+        assert self.now < gift.claim_by
+        self.gift_claimed = True
+        self.members[self.gift_membership] = [self.recipient]
+
+    @rule(days=st.integers(25, 35))
+    def a_month_of_the_gift_passes(self, days):
+        """Time passes and the gift's next month (if claimed) becomes credits."""
+        self.now = self.clock.advance(days=days)
+        gifts.grant_due_gift_months(self.now, settings=self.settings)
+
     @rule()
     def nightly_expiry(self):
+        gifts.grant_due_gift_months(self.now, settings=self.settings)
         for membership_id in self.memberships:
             membership = self._membership(membership_id)
             ledger.expire_unused(membership, now=self.now)
@@ -322,6 +436,41 @@ class LedgerMachine(RuleBasedStateMachine):
                     credit.quantity,
                     credit.allocated_minor,
                 )
+        # A series holds exactly its paid instalments' share: 1 facial and 10 units each.
+        paid = (
+            db.session.execute(
+                sa.select(SeriesPurchase).where(SeriesPurchase.membership_id == self.series)
+            )
+            .scalar_one()
+            .paid_count
+        )
+        granted = defaultdict(int)
+        for credit in db.session.execute(
+            sa.select(Credit).where(Credit.membership_id == self.series)
+        ).scalars():
+            granted[credit.treatment_id] += credit.quantity
+        assert granted[self.treatments["facial"].id] == paid
+        assert granted[self.treatments["botox"].id] == 10 * paid
+        # A gift's conversions move value from its holding lot and create none: what its months
+        # were granted is what the holding lot gave up, month for month.
+        gift = db.session.execute(sa.select(Gift)).scalar_one()
+        taken = db.session.execute(
+            sa.select(
+                sa.func.coalesce(sa.func.sum(LedgerEntry.quantity), 0),
+                sa.func.coalesce(sa.func.sum(LedgerEntry.value_minor), 0),
+            ).where(LedgerEntry.dedupe_key.like(f"convert:gift:{gift.code}:%"))
+        ).one()
+        months = (
+            db.session.execute(
+                sa.select(CreditGrant).where(
+                    CreditGrant.source_ref.like(f"gift:{gift.code}:month:%")
+                )
+            )
+            .scalars()
+            .all()
+        )
+        assert -int(taken[0]) == len(months) == gift.months_converted
+        assert -int(taken[1]) == sum(g.net_amount_minor for g in months)
         # No expired credit counts as redeemable.
         for lot in lots.values():
             if lot.expires_at <= self.now:
