@@ -17,13 +17,6 @@ from billing.auth.idempotency import idempotent
 from billing.errors import problem
 from billing.memberships import service as memberships
 from billing.memberships.models import Membership
-from billing.memberships.schemas import (
-    CancelInSchema,
-    ChangeTierInSchema,
-    MembershipOutSchema,
-    PauseInSchema,
-    ResumeInSchema,
-)
 from billing.stripe_sync import service
 from billing.stripe_sync.models import EventStatus
 from billing.stripe_sync.schemas import (
@@ -100,59 +93,6 @@ class Subscribe(MethodView):
         with client_secret in the browser; card_on_file: the card is charged now."""
         return service.subscribe(
             _membership(membership_id), actor=_actor(), now=clock.now(), **data
-        )
-
-
-@blp.route("/memberships/<int:membership_id>/pause")
-class Pause(MethodView):
-    @requires(*ACTORS)
-    @idempotent()
-    @blp.arguments(PauseInSchema)
-    @blp.response(200, MembershipOutSchema)
-    def post(self, data, membership_id):
-        """Pause collection in Stripe, then freeze the membership."""
-        return service.pause(_membership(membership_id), actor=_actor(), now=clock.now(), **data)
-
-
-@blp.route("/memberships/<int:membership_id>/resume")
-class Resume(MethodView):
-    @requires(*ACTORS)
-    @idempotent()
-    @blp.arguments(ResumeInSchema)
-    @blp.response(200, MembershipOutSchema)
-    def post(self, data, membership_id):
-        """Resume collection in Stripe, then unfreeze (credits' expiries move by the pause)."""
-        return service.resume(_membership(membership_id), actor=_actor(), now=clock.now(), **data)
-
-
-@blp.route("/memberships/<int:membership_id>/cancel")
-class Cancel(MethodView):
-    @requires(*ACTORS)
-    @idempotent()
-    @blp.arguments(CancelInSchema)
-    @blp.response(200, MembershipOutSchema)
-    def post(self, data, membership_id):
-        """Cancel in Stripe (now, or at period end), with any early-termination fee invoiced."""
-        return service.cancel(
-            _membership(membership_id),
-            actor=_actor(),
-            now=clock.now(),
-            is_admin=current_principal().is_admin,
-            **data,
-        )
-
-
-@blp.route("/memberships/<int:membership_id>/change-tier")
-class ChangeTier(MethodView):
-    @requires(*ACTORS)
-    @idempotent()
-    @blp.arguments(ChangeTierInSchema)
-    @blp.response(200, MembershipOutSchema)
-    def post(self, data, membership_id):
-        """Move the subscription to another tier: an upgrade is prorated and applies now, a
-        downgrade applies from the next period."""
-        return service.change_tier_to(
-            _membership(membership_id), data["plan"], actor=_actor(), now=clock.now()
         )
 
 

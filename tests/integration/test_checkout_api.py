@@ -377,6 +377,50 @@ def test_card_on_file_without_stripe_is_503_and_the_visit_stays_open(client, sta
     assert client.get(f"/api/v1/visits/{visit}", headers=staff).get_json()["state"] == "open"
 
 
+class CardOnFile:
+    """Stands in for the Stripe gateway (app.config["STRIPE_GATEWAY"]): records each charge."""
+
+    def __init__(self, decline: bool = False):
+        self.charges: list[dict] = []
+        self.decline = decline
+
+    def charge_off_session(self, member, amount_minor, currency, description, idempotency_key):
+        from billing.stripe_sync.gateway import PaymentDeclined
+
+        if self.decline:
+            raise PaymentDeclined("The card on file was declined (insufficient funds).")
+        self.charges.append({"member": member.id, "amount": amount_minor, "key": idempotency_key})
+        return f"pi_{len(self.charges)}"
+
+
+def test_closing_charges_what_is_owed_to_the_card_on_file_once(app, client, staff, clinic):
+    card = app.config["STRIPE_GATEWAY"] = CardOnFile()
+    visit = open_visit(client, staff, clinic.member.id)
+    add_line(client, staff, visit, "hydrafacial", clinic.aesthetician.id)
+    add_line(client, staff, visit, "lymph-massage", clinic.aesthetician.id)
+    r = client.post(
+        f"/api/v1/visits/{visit}/close", json={"payment": "card_on_file"}, headers=staff
+    )
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["payment"] == {"status": "paid", "method": "card_on_file"}
+    assert card.charges == [
+        {"member": clinic.member.id, "amount": 10800, "key": f"visit-{visit}-close"}
+    ]  # only the charged line, with a key that makes a retried charge the same charge
+
+
+def test_a_declined_card_leaves_the_visit_open_to_pay_at_the_desk(app, client, staff, clinic):
+    app.config["STRIPE_GATEWAY"] = CardOnFile(decline=True)
+    visit = open_visit(client, staff, clinic.member.id)
+    add_line(client, staff, visit, "lymph-massage", clinic.aesthetician.id)
+    r = client.post(
+        f"/api/v1/visits/{visit}/close", json={"payment": "card_on_file"}, headers=staff
+    )
+    assert r.status_code == 402 and "declined" in r.get_json()["detail"]
+    assert client.get(f"/api/v1/visits/{visit}", headers=staff).get_json()["state"] == "open"
+    r = client.post(f"/api/v1/visits/{visit}/close", json={"payment": "desk"}, headers=staff)
+    assert r.get_json()["payment"] == {"status": "paid", "method": "desk"}
+
+
 # ---------------------------------------------------------------------------------------------
 # The clinic's rules
 

@@ -360,7 +360,7 @@ def test_pause_through_stripe_then_locally(app, client, clock, fake_gateway):
     headers = _headers(app, "client", member_id=billed.member.id)
 
     response = client.post(
-        f"/api/v1/billing/memberships/{billed.membership.id}/pause", json={}, headers=headers
+        f"/api/v1/memberships/{billed.membership.id}/pause", json={}, headers=headers
     )
 
     assert response.status_code == 200, response.get_json()
@@ -373,7 +373,7 @@ def test_when_stripe_refuses_nothing_changes_locally(app, client, clock, fake_ga
     fake_gateway.fail = ServiceUnavailable("Stripe did not answer", slug="stripe-unavailable")
 
     response = client.post(
-        f"/api/v1/billing/memberships/{billed.membership.id}/pause",
+        f"/api/v1/memberships/{billed.membership.id}/pause",
         json={},
         headers=_headers(app, "staff"),
     )
@@ -387,7 +387,7 @@ def test_a_rule_that_says_no_stops_before_stripe_is_asked(app, client, clock, fa
     billed = _active(client, clock, fake_gateway)
 
     response = client.post(
-        f"/api/v1/billing/memberships/{billed.membership.id}/resume",
+        f"/api/v1/memberships/{billed.membership.id}/resume",
         json={},
         headers=_headers(app, "staff"),
     )
@@ -407,7 +407,7 @@ def test_cancel_inside_the_commitment_invoices_the_fee_through_stripe(
     fake_gateway.billed, fake_gateway.start = billed, start
 
     response = client.post(
-        f"/api/v1/billing/memberships/{billed.membership.id}/cancel",
+        f"/api/v1/memberships/{billed.membership.id}/cancel",
         json={"at_period_end": True},
         headers=_headers(app, "staff"),
     )
@@ -424,7 +424,7 @@ def test_an_upgrade_through_stripe_applies_now(app, client, clock, fake_gateway)
     db.session.commit()
 
     response = client.post(
-        f"/api/v1/billing/memberships/{billed.membership.id}/change-tier",
+        f"/api/v1/memberships/{billed.membership.id}/change-tier",
         json={"plan": "glow-plus"},
         headers=_headers(app, "staff"),
     )
@@ -441,7 +441,7 @@ def test_a_client_cannot_act_on_someone_elses_membership(app, client, clock, fak
     db.session.commit()
 
     response = client.post(
-        f"/api/v1/billing/memberships/{billed.membership.id}/pause",
+        f"/api/v1/memberships/{billed.membership.id}/pause",
         json={},
         headers=_headers(app, "client", member_id=other.id),
     )

@@ -118,7 +118,7 @@ def _storm_with_a_crash(members: int, seed: int) -> dict:
                 "replay": replay,
                 "reference": reference,
             }
-            _assert_converged(digest, reference, events, concurrent=True)
+            _assert_converged(digest, reference, events)
             db.session.remove()
             db.engine.dispose()
         return result
