@@ -1,9 +1,12 @@
-"""Renewal day: `grant_period` for every membership, against a bulk insert of the same rows.
+"""Renewal day: `grant_period` for every membership, and the batched `grant_periods`, against a
+bulk insert of the same rows.
 
     .venv/bin/python bench/grant_scale.py                       # full size: 100,000 memberships
     .venv/bin/python bench/grant_scale.py --memberships 5000    # a quick run
 
-Target: >= 2,000 memberships/s through grant_period. The baseline is a bulk insert (executemany,
+Target: >= 2,000 memberships/s on a renewal day (grant_periods, --batch memberships a call and a
+transaction; grant_period, one transaction per membership, is reported too, and the rows the two
+write are checked to be the same). The baseline is a bulk insert (executemany,
 5,000 rows a statement) of exactly the rows grant_period writes (grant, credits, ledger entries),
 in the same database, in the same run. A cProfile of a sample says where grant_period's time goes,
 and an SQL statement counter says how many round trips one membership costs."""
@@ -31,6 +34,7 @@ P1 = datetime(2026, 2, 28, 16, 0, tzinfo=UTC)
 P2 = datetime(2026, 3, 31, 16, 0, tzinfo=UTC)
 P3 = datetime(2026, 4, 30, 16, 0, tzinfo=UTC)
 P4 = datetime(2026, 5, 31, 16, 0, tzinfo=UTC)
+P5 = datetime(2026, 6, 30, 16, 0, tzinfo=UTC)
 
 
 def grant_each(url: str, ids: list[int], start: datetime, end: datetime, tag: str) -> int:
@@ -56,6 +60,81 @@ def grant_each(url: str, ids: list[int], start: datetime, end: datetime, tag: st
         db.session.remove()
         db.engine.dispose()
     return len(ids)
+
+
+def grant_batched(url: str, ids: list[int], start: datetime, end: datetime, tag: str, batch: int):
+    """The renewal job with the batched verb: one grant_periods call (one transaction) per
+    `batch` memberships. Returns (seconds, SQL statements), timed once the app is built."""
+    from billing.entitlements.service import GrantSource, PeriodToGrant, grant_periods
+    from billing.extensions import db
+    from billing.memberships.models import Membership
+
+    app = common.make_app(url)
+    with app.app_context(), common.statement_counter(db.engine) as counted:
+        t0 = time.perf_counter()
+        for i in range(0, len(ids), batch):
+            chunk = ids[i : i + batch]
+            memberships = db.session.execute(
+                sa.select(Membership).where(Membership.id.in_(chunk)).order_by(Membership.id)
+            ).scalars()
+            grant_periods(
+                [
+                    PeriodToGrant(
+                        m, start, end, GrantSource(ref=f"{tag}:{m.id}", actor="renewal-bench")
+                    )
+                    for m in memberships
+                ],
+                now=start,
+            )
+            db.session.expunge_all()
+        seconds = time.perf_counter() - t0
+        db.session.remove()
+        db.engine.dispose()
+    return seconds, counted["n"]
+
+
+def same_rows(url: str, first: datetime, second: datetime) -> int:
+    """How many memberships got different rows from grant_period (period `first`) and
+    grant_periods (period `second`): credits and ledger entries compared by what they are
+    worth, not by id or date."""
+    from billing.entitlements.models import Credit, CreditGrant, LedgerEntry
+
+    def digest(conn, start):
+        rows = conn.execute(
+            sa.select(
+                CreditGrant.membership_id,
+                CreditGrant.plan_version_id,
+                CreditGrant.net_amount_minor,
+                CreditGrant.currency,
+                CreditGrant.actor,
+                Credit.plan_item_id,
+                Credit.treatment_id,
+                Credit.product_type,
+                Credit.unit_label,
+                Credit.quantity,
+                Credit.ssp_unit_minor,
+                Credit.allocated_minor,
+                LedgerEntry.kind,
+                LedgerEntry.quantity,
+                LedgerEntry.value_minor,
+                LedgerEntry.actor,
+                LedgerEntry.membership_id,
+                LedgerEntry.expires_at == Credit.expires_at,
+            )
+            .join(Credit, Credit.grant_id == CreditGrant.id)
+            .join(LedgerEntry, LedgerEntry.credit_id == Credit.id)
+            .where(CreditGrant.period_start == start)
+        ).all()
+        out: dict[int, list] = {}
+        for row in rows:
+            out.setdefault(row[0], []).append(tuple(row))
+        return {k: sorted(v, key=repr) for k, v in out.items()}
+
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        a, b = digest(conn, first), digest(conn, second)
+    engine.dispose()
+    return sum(1 for k in a.keys() | b.keys() if a.get(k) != b.get(k))
 
 
 def _child(args) -> int:
@@ -91,10 +170,14 @@ def run(args) -> dict:
                 pool.map(_child, [(url, c, P1, P2, "renewal") for c in chunks])
         service_s = time.perf_counter() - t0
 
-        # 2. The baseline: the same rows for the next period, in bulk.
+        # 1b. The batched verb for the next period, and its statements per membership.
+        batch_s, batch_statements = grant_batched(url, ids, P2, P3, "renewal", args.batch)
+        mismatched = same_rows(url, P1, P2)
+
+        # 2. The baseline: the same rows for the period after, in bulk.
         with app.app_context():
             t0 = time.perf_counter()
-            counts = common.grant_rows_bulk(ids, period_start=P2, period_end=P3)
+            counts = common.grant_rows_bulk(ids, period_start=P3, period_end=P4)
             bulk_s = time.perf_counter() - t0
             granted = db.session.execute(
                 sa.select(sa.func.count())
@@ -111,12 +194,18 @@ def run(args) -> dict:
 
         # 3. Where the time goes: a profiled sample, and the statements one grant costs.
         sample = ids[: min(args.profile_sample, len(ids))]
-        profile_text, statements = profile_sample(url, sample)
+        profile_text, statements = profile_sample(url, sample, P4, P5)
 
     result.update(
         processes=args.processes,
         service_seconds=round(service_s, 2),
         service_per_s=round(len(ids) / service_s, 1),
+        batch=args.batch,
+        batch_seconds=round(batch_s, 2),
+        batch_per_s=round(len(ids) / batch_s, 1),
+        batch_statements_per_membership=round(batch_statements / len(ids), 2),
+        ratio_batch_to_bulk=common.ratio(bulk_s, batch_s),
+        memberships_with_different_rows=mismatched,
         bulk_seconds=round(bulk_s, 2),
         bulk_per_s=round(len(ids) / bulk_s, 1),
         ratio_service_to_bulk=common.ratio(bulk_s, service_s),
@@ -125,16 +214,18 @@ def run(args) -> dict:
         bulk_rows=counts,
         statements_per_membership=statements,
         target_per_s=2000,
-        meets_target=len(ids) / service_s >= 2000,
+        meets_target=len(ids) / batch_s >= 2000,
         profile_top=profile_text,
     )
     if granted != len(ids):
         result["error"] = f"{granted} grants written for {len(ids)} memberships"
+    if mismatched:
+        result["error"] = f"grant_periods wrote other rows than grant_period for {mismatched}"
     return result
 
 
-def profile_sample(url: str, ids: list[int]) -> tuple[str, float]:
-    """cProfile grant_period over `ids` (period P3-P4), and count SQL statements per grant."""
+def profile_sample(url: str, ids: list[int], start: datetime, end: datetime) -> tuple[str, float]:
+    """cProfile grant_period over `ids` (one period), and count SQL statements per grant."""
     from billing.extensions import db
 
     app = common.make_app(url)
@@ -147,7 +238,7 @@ def profile_sample(url: str, ids: list[int]) -> tuple[str, float]:
         sa.event.listen(db.engine, "before_cursor_execute", count)
         profiler = cProfile.Profile()
         profiler.enable()
-        grant_each_in_context(ids, P3, P4, "profiled")
+        grant_each_in_context(ids, start, end, "profiled")
         profiler.disable()
         sa.event.remove(db.engine, "before_cursor_execute", count)
         db.session.remove()
@@ -189,7 +280,15 @@ def report(result: dict, *, verbose: bool = True) -> None:
     common.print_table(
         f"grant_scale: renewal day for {result['memberships']:,} memberships",
         [
-            ("grant_period, memberships/s", result["service_per_s"]),
+            ("grant_periods (batched), memberships/s", result["batch_per_s"]),
+            ("  memberships a call", result["batch"]),
+            ("  SQL statements per membership", result["batch_statements_per_membership"]),
+            (
+                "  memberships whose rows differ from grant_period's",
+                result["memberships_with_different_rows"],
+            ),
+            ("ratio grant_periods / bulk", result["ratio_batch_to_bulk"]),
+            ("grant_period (one call each), memberships/s", result["service_per_s"]),
             ("  processes", result["processes"]),
             ("  seconds", result["service_seconds"]),
             ("bulk insert (baseline), memberships/s", result["bulk_per_s"]),
@@ -212,6 +311,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--memberships", type=int, default=100_000)
     parser.add_argument("--processes", type=int, default=1, help="renewal processes in parallel")
     parser.add_argument("--profile-sample", type=int, default=500)
+    parser.add_argument("--batch", type=int, default=1000, help="memberships per grant_periods")
     parser.add_argument("--quiet", action="store_true", help="no profile listing")
     parser.add_argument("--json-out")
     parser.add_argument("--keep-db", action="store_true")

@@ -14,8 +14,9 @@ import json
 from collections.abc import Callable
 from contextlib import contextmanager
 
+import sqlalchemy as sa
 from flask import Response, make_response, request
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects import postgresql, sqlite
 
 from billing.auth.access import current_principal
 from billing.auth.models import IdempotencyRecord
@@ -59,6 +60,20 @@ def _replay(record: IdempotencyRecord, request_hash: str) -> Response:
     return response
 
 
+def _claim(principal: str, key: str, request_hash: str) -> int | None:
+    """Record the key (one statement): its id, or None when it was recorded before. A concurrent
+    first request with the same key holds the unique key until it commits or rolls back; this
+    waits for it, then finds its record (or, if it rolled back, records the key itself)."""
+    dialect = db.session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return db.session.execute(
+        insert(IdempotencyRecord)
+        .values(principal=principal, key=key, request_hash=request_hash)
+        .on_conflict_do_nothing(index_elements=["principal", "key"])
+        .returning(IdempotencyRecord.id)
+    ).scalar_one_or_none()
+
+
 @contextmanager
 def _one_transaction():
     """Inside, `db.session.commit()` flushes instead, so nothing is committed half-way."""
@@ -86,25 +101,26 @@ def idempotent(required: bool = False) -> Callable:
             principal = current_principal()
             who = principal.actor if principal else "anonymous"
             request_hash = _request_hash()
-            existing = _lookup(who, key)
-            if existing is not None:
-                return _replay(existing, request_hash)
-            record = IdempotencyRecord(principal=who, key=key, request_hash=request_hash)
-            db.session.add(record)
-            try:
-                db.session.flush()
-            except IntegrityError:
-                db.session.rollback()
+            record_id = _claim(who, key, request_hash)
+            if record_id is None:
                 existing = _lookup(who, key)
                 if existing is None:
-                    raise
+                    raise Conflict(
+                        f"A request with this {HEADER} is still being processed; retry in a "
+                        "moment.",
+                        slug="idempotency-in-progress",
+                    )
                 return _replay(existing, request_hash)
             with _one_transaction():
                 result = view(*args, **kwargs)
                 response = result if isinstance(result, Response) else make_response(result)
             if response.status_code < 500 and response.is_json:
-                record.status_code = response.status_code
-                record.response_body = response.get_json()
+                db.session.execute(
+                    sa.update(IdempotencyRecord)
+                    .where(IdempotencyRecord.id == record_id)
+                    .values(status_code=response.status_code, response_body=response.get_json())
+                    .execution_options(synchronize_session=False)
+                )
                 db.session.commit()
             else:
                 db.session.rollback()

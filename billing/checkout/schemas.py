@@ -119,7 +119,7 @@ class ConsultationOutSchema(ma.Schema):
 
 
 class ReceiptSchema(ma.Schema):
-    """The receipt is built by the service as plain data (see docs/checkout.md)."""
+    """The receipt is built by the service as plain data (see the README (Checkout))."""
 
     class Meta:
         unknown = ma.INCLUDE

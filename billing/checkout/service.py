@@ -28,7 +28,7 @@ from billing.checkout.models import (
 from billing.clock import local_date, start_of_local_day
 from billing.entitlements import service as ledger
 from billing.entitlements.models import Credit, CreditGrant, EntryKind, LedgerEntry
-from billing.errors import Conflict, Forbidden, InvalidInput, NotFound, ServiceUnavailable
+from billing.errors import Conflict, Forbidden, InvalidInput, NotFound
 from billing.extensions import db
 from billing.members.models import Member
 from billing.memberships.models import Membership, State
@@ -174,7 +174,7 @@ def _credit_picture(
 ) -> CreditPicture:
     ids = [m.id for m in usable]
     by_id = {m.id: m for m in usable}
-    covering = [lot for lot in ledger.lots(ids, include_empty=True) if lot.covers(treatment.id)]
+    covering = ledger.lots(ids, include_empty=True, treatment_id=treatment.id)
     live = [lot for lot in covering if lot.is_live(now)]
     redeemable_ids = [m.id for m in usable if m.can_redeem(now)]
     balance = sum(lot.remaining for lot in live if lot.credit.membership_id in redeemable_ids)
@@ -300,6 +300,10 @@ def _facts(
     supervisor_on_duty: bool = False,
 ) -> rules.LineFacts:
     today = local_date(now, settings.tz)
+    # A fact is only looked up when a rule can use it: who may perform or supervise matters only
+    # for a medical treatment, the last session only with an interval, the consultation only
+    # when one is required (each rule returns None without looking otherwise).
+    medical = treatment.is_medical
     return rules.LineFacts(
         client=member.full_name,
         treatment=treatment.name,
@@ -317,12 +321,20 @@ def _facts(
             for m in picture.blocked
         ),
         expired_on=picture.expired_on,
-        policy=staff_service.policy_for(treatment.category),
-        provider=_person(provider, today) if provider else None,
-        supervisor=_person(supervisor, today) if supervisor else None,
+        policy=staff_service.policy_for(treatment.category) if medical else None,
+        provider=_person(provider, today) if provider and medical else None,
+        supervisor=_person(supervisor, today) if supervisor and medical else None,
         supervisor_on_duty=supervisor_on_duty,
-        last_done_on=_last_done_on(member.id, treatment.id, settings),
-        consultation_on=_consultation_on(member.id, treatment.id, settings),
+        last_done_on=(
+            _last_done_on(member.id, treatment.id, settings)
+            if treatment.min_interval_days > 0
+            else None
+        ),
+        consultation_on=(
+            _consultation_on(member.id, treatment.id, settings)
+            if treatment.requires_consultation
+            else None
+        ),
         consultation_valid_days=settings.consultation_valid_days,
     )
 
@@ -381,7 +393,9 @@ def add_line(
     picture = _credit_picture(t, usable, now, settings)
     uses_credits = _uses_credits(pay_with, picture)
     supervisor = (
-        db.session.get(Staff, visit.supervising_staff_id) if visit.supervising_staff_id else None
+        db.session.get(Staff, visit.supervising_staff_id)
+        if visit.supervising_staff_id and t.is_medical
+        else None
     )
     today = local_date(now, settings.tz)
     facts = _facts(
@@ -390,7 +404,7 @@ def add_line(
         quantity=quantity,
         uses_credits=uses_credits,
         picture=picture,
-        location_name=_location_name(visit),
+        location_name=_location_name(visit) if t.is_medical else "",  # named by supervision
         now=now,
         settings=settings,
         provider=provider,
@@ -411,7 +425,7 @@ def add_line(
         )
     line = VisitLine(
         visit_id=visit.id,
-        treatment_id=t.id,
+        treatment=t,  # kept on the line: the response names it without a query
         provider_id=provider.id,
         quantity=quantity,
         currency=visit.currency,
@@ -618,33 +632,18 @@ def close_visit(
 
 
 def _charge_card(visit: Visit, amount_minor: int) -> tuple[str | None, str | None]:
-    """Charge the card on file through the Stripe gateway (ServiceUnavailable if not set up;
-    a decline raises and the visit stays open)."""
-    try:
-        from billing.stripe_sync import gateway
-    except ImportError:
-        gateway = None
-    charge = getattr(gateway, "charge_off_session", None)
-    if charge is None and gateway is not None and hasattr(gateway, "current"):
-        charge = gateway.current().charge_off_session  # ServiceUnavailable when not configured
-    if charge is None:
-        raise ServiceUnavailable(
-            "Card payments are not set up: take the payment at the desk (payment: desk).",
-            slug="card-payments-unavailable",
-        )
-    member = get_member(visit.member_id)
-    result = charge(
-        member,
+    """Charge the card on file through the Stripe gateway (ServiceUnavailable if Stripe is not
+    set up; a decline raises): either way the visit stays open to pay at the desk."""
+    from billing.stripe_sync import gateway
+
+    intent_id = gateway.current().charge_off_session(
+        get_member(visit.member_id),
         amount_minor=amount_minor,
         currency=visit.currency,
         description=f"Visit {visit.id} at {_location_name(visit)}",
         idempotency_key=f"visit-{visit.id}-close",
     )
-    if isinstance(result, str):
-        return result, None
-    if isinstance(result, dict):
-        return result.get("id"), result.get("status")
-    return getattr(result, "id", None), getattr(result, "status", None)
+    return intent_id, None
 
 
 def _location_name(visit: Visit) -> str:

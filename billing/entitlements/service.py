@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import Session, joinedload, selectinload
 
 from billing.entitlements.models import Credit, CreditGrant, EntryKind, LedgerEntry, ProductType
 from billing.errors import Conflict, InvalidInput, NotFound
@@ -21,7 +21,15 @@ from billing.extensions import db
 from billing.memberships.models import Membership, State
 from billing.money import allocate, div_round_half_up, net_of_tax, tax_on_net
 from billing.periods import add_interval
-from billing.plans.models import ItemKind, PlanItem, PlanKind, PlanVersion, Treatment, UnusedRule
+from billing.plans.models import (
+    ItemKind,
+    PlanItem,
+    PlanItemOption,
+    PlanKind,
+    PlanVersion,
+    Treatment,
+    UnusedRule,
+)
 from billing.plans.service import ssp_per_credit
 from billing.settings import ClinicSettings, clinic_settings
 
@@ -89,12 +97,32 @@ class Redemption:
 # Reading the ledger
 
 
+_LOCKED = "billing.locked_memberships"
+
+
+@sa.event.listens_for(Session, "after_transaction_end")
+def _forget_locks_at_end(session: Session, transaction) -> None:
+    """Row locks last until the transaction ends: then forget what we held."""
+    if transaction.parent is None:
+        session.info.pop(_LOCKED, None)
+
+
+@sa.event.listens_for(Session, "after_soft_rollback")
+def _forget_locks_on_rollback(session: Session, _previous) -> None:
+    """A savepoint rolled back releases the row locks taken inside it: forget them all, so the
+    next locker locks (again)."""
+    session.info.pop(_LOCKED, None)
+
+
 def lock_memberships(ids: Iterable[int]) -> None:
     """Serialise writers per membership (in id order, so two lockers never deadlock).
 
     The locked rows are re-read (populate_existing), so a writer that waited for the lock acts
-    on what the previous writer committed, not on what it had read before."""
-    ids = sorted(set(ids))
+    on what the previous writer committed, not on what it had read before. Rows this
+    transaction already holds are not locked (nor re-read) again: nobody else can have changed
+    them since."""
+    held = db.session.info.setdefault(_LOCKED, set())
+    ids = sorted(set(ids) - held)
     if ids:
         db.session.execute(
             sa.select(Membership)
@@ -103,38 +131,83 @@ def lock_memberships(ids: Iterable[int]) -> None:
             .with_for_update()
             .execution_options(populate_existing=True)
         ).all()
+        db.session.info.setdefault(_LOCKED, set()).update(ids)
 
 
-def lots(membership_ids: Sequence[int], *, include_empty: bool = False) -> list[Lot]:
-    """Every credit of these memberships with its derived balance, value and expiry."""
+def holds_locks(ids: Iterable[int]) -> bool:
+    """Does this transaction already hold the row locks of all these memberships?"""
+    return set(ids) <= db.session.info.get(_LOCKED, set())
+
+
+def _memberships(ids: Iterable[int]) -> dict[int, Membership]:
+    """These memberships, from the session when it has them (a locked row was just read),
+    else in one query."""
+    found: dict[int, Membership] = {}
+    missing = []
+    for mid in set(ids):
+        m = db.session.identity_map.get(db.session.identity_key(Membership, mid))
+        if m is not None and not sa.inspect(m).expired:
+            found[mid] = m
+        else:
+            missing.append(mid)
+    if missing:
+        found.update(
+            (m.id, m)
+            for m in db.session.execute(
+                sa.select(Membership).where(Membership.id.in_(missing))
+            ).scalars()
+        )
+    return found
+
+
+def lots(
+    membership_ids: Sequence[int],
+    *,
+    include_empty: bool = False,
+    treatment_id: int | None = None,
+) -> list[Lot]:
+    """Every credit of these memberships with its derived balance, value and expiry; with
+    `treatment_id`, only the credits that cover that treatment (filtered in SQL).
+
+    One query: the ledger summed per credit, joined to the credit and its plan item."""
     if not membership_ids:
         return []
-    q = (
+    sums = (
         sa.select(
-            LedgerEntry.credit_id,
-            sa.func.sum(LedgerEntry.quantity),
-            sa.func.sum(LedgerEntry.value_minor),
-            sa.func.max(LedgerEntry.expires_at),
+            LedgerEntry.credit_id.label("credit_id"),
+            sa.func.sum(LedgerEntry.quantity).label("remaining"),
+            sa.func.sum(LedgerEntry.value_minor).label("value"),
+            sa.func.max(LedgerEntry.expires_at).label("expires_at"),
         )
         .where(LedgerEntry.membership_id.in_(list(membership_ids)))
         .group_by(LedgerEntry.credit_id)
     )
     if not include_empty:
-        q = q.having(sa.func.sum(LedgerEntry.quantity) > 0)
-    rows = db.session.execute(q).all()
-    if not rows:
-        return []
-    credits = {
-        c.id: c
-        for c in db.session.execute(
-            sa.select(Credit)
-            .where(Credit.id.in_([r[0] for r in rows]))
-            .options(selectinload(Credit.plan_item).selectinload(PlanItem.options))
-        ).scalars()
-    }
+        sums = sums.having(sa.func.sum(LedgerEntry.quantity) > 0)
+    sums = sums.subquery()
+    q = (
+        sa.select(Credit, sums.c.remaining, sums.c.value, sums.c.expires_at)
+        .join(sums, sums.c.credit_id == Credit.id)
+        .options(joinedload(Credit.plan_item))
+    )
+    if treatment_id is None:
+        q = q.options(joinedload(Credit.plan_item).selectinload(PlanItem.options))
+    else:
+        q = q.where(
+            sa.or_(
+                Credit.treatment_id == treatment_id,
+                sa.and_(
+                    Credit.treatment_id.is_(None),
+                    sa.exists().where(
+                        PlanItemOption.item_id == Credit.plan_item_id,
+                        PlanItemOption.treatment_id == treatment_id,
+                    ),
+                ),
+            )
+        )
     result = [
-        Lot(credit=credits[cid], remaining=int(qty), value_minor=int(val), expires_at=exp)
-        for cid, qty, val, exp in rows
+        Lot(credit=credit, remaining=int(qty), value_minor=int(val), expires_at=exp)
+        for credit, qty, val, exp in db.session.execute(q).all()
     ]
     result.sort(key=_consumption_order)
     return result
@@ -147,11 +220,7 @@ def _consumption_order(lot: Lot):
 
 
 def live_lots(membership_ids: Sequence[int], now: datetime, treatment_id: int | None = None):
-    return [
-        lot
-        for lot in lots(membership_ids)
-        if lot.is_live(now) and (treatment_id is None or lot.covers(treatment_id))
-    ]
+    return [lot for lot in lots(membership_ids, treatment_id=treatment_id) if lot.is_live(now)]
 
 
 def balance(membership_ids: Sequence[int], treatment_id: int, now: datetime) -> int:
@@ -183,31 +252,30 @@ def credit_expiry(version: PlanVersion, period_start: datetime, period_end: date
     return period_end
 
 
-def grant_period(
+@dataclass(frozen=True)
+class _GrantPlan:
+    """What one grant writes, worked out before anything is written."""
+
+    version: PlanVersion
+    lines: list[tuple[PlanItem, int]]
+    ssps: list[int]
+    shares: list[int]
+    net: int
+    expires_at: datetime
+    product_type: str
+
+
+def _plan_grant(
     membership: Membership,
     period_start: datetime,
     period_end: datetime,
     source: GrantSource,
-    *,
-    now: datetime,
-    items: Sequence[tuple[PlanItem, int]] | None = None,
-    settings: ClinicSettings | None = None,
-    commit: bool = True,
-) -> CreditGrant:
-    """Grant a period's credits once per (membership, period, source); a repeat returns the first.
-
-    The period's net fee is allocated across the credits by standalone selling price, to the
-    cent, and stored with them: what a credit is worth never changes after it is granted."""
-    settings = settings or clinic_settings()
-    if period_end <= period_start:
-        raise InvalidInput("A period must end after it starts.")
-    existing = _find_grant(membership.id, period_start, source.ref)
-    if existing is not None:
-        return existing
-    lock_memberships([membership.id])
-    existing = _find_grant(membership.id, period_start, source.ref)
-    if existing is not None:
-        return existing
+    items: Sequence[tuple[PlanItem, int]] | None,
+    settings: ClinicSettings,
+) -> _GrantPlan:
+    """The rules of a grant: a grantable membership, its items (or those given), the net fee
+    allocated by standalone selling price to the cent, the credits' expiry. Raises before
+    anything is written."""
     if membership.state not in GRANTABLE_STATES:
         raise Conflict(
             f"Membership {membership.id} is {membership.state}: it cannot be granted credits.",
@@ -235,19 +303,108 @@ def grant_period(
     product_type = ProductType.SERIES if version.plan.kind == PlanKind.SERIES else ProductType.TIER
     if membership.source == "gift":
         product_type = ProductType.GIFT
-    grant = CreditGrant(
-        membership_id=membership.id,
-        period_start=period_start,
-        period_end=period_end,
-        source_ref=source.ref,
-        invoice_id=source.invoice_id,
-        plan_version_id=version.id,
-        net_amount_minor=net,
-        currency=version.currency,
-        actor=source.actor,
-        reason=source.reason,
-        created_at=now,
-    )
+    return _GrantPlan(version, lines, ssps, shares, net, expires_at, product_type)
+
+
+def _grant_row(
+    membership: Membership,
+    period_start: datetime,
+    period_end: datetime,
+    source: GrantSource,
+    plan: _GrantPlan,
+    now: datetime,
+) -> dict:
+    return {
+        "membership_id": membership.id,
+        "period_start": period_start,
+        "period_end": period_end,
+        "source_ref": source.ref,
+        "invoice_id": source.invoice_id,
+        "plan_version_id": plan.version.id,
+        "net_amount_minor": plan.net,
+        "currency": plan.version.currency,
+        "actor": source.actor,
+        "reason": source.reason,
+        "created_at": now,
+    }
+
+
+def _credit_rows(
+    grant_id: int,
+    membership: Membership,
+    period_start: datetime,
+    period_end: datetime,
+    plan: _GrantPlan,
+    now: datetime,
+) -> list[dict]:
+    return [
+        {
+            "grant_id": grant_id,
+            "membership_id": membership.id,
+            "plan_item_id": item.id,
+            "treatment_id": item.treatment_id if item.kind == ItemKind.TREATMENT else None,
+            "product_type": plan.product_type,
+            "unit_label": item.treatment.unit_label if item.treatment else "session",
+            "quantity": qty,
+            "ssp_unit_minor": ssp,
+            "allocated_minor": share,
+            "currency": plan.version.currency,
+            "period_start": period_start,
+            "period_end": period_end,
+            "expires_at": plan.expires_at,
+            "created_at": now,
+        }
+        for (item, qty), ssp, share in zip(plan.lines, plan.ssps, plan.shares, strict=True)
+    ]
+
+
+def _grant_entry_row(credit: dict, credit_id: int, source: GrantSource, now: datetime) -> dict:
+    """The `grant` ledger entry of a credit row (what _entry would make for it)."""
+    return {
+        "credit_id": credit_id,
+        "membership_id": credit["membership_id"],
+        "kind": EntryKind.GRANT,
+        "quantity": credit["quantity"],
+        "value_minor": credit["allocated_minor"],
+        "currency": credit["currency"],
+        "expires_at": credit["expires_at"],
+        "period_start": credit["period_start"],
+        "period_end": credit["period_end"],
+        "actor": source.actor,
+        "created_at": now,
+        "reason": source.reason or f"granted for {source.ref}",
+        "invoice_id": source.invoice_id,
+    }
+
+
+def grant_period(
+    membership: Membership,
+    period_start: datetime,
+    period_end: datetime,
+    source: GrantSource,
+    *,
+    now: datetime,
+    items: Sequence[tuple[PlanItem, int]] | None = None,
+    settings: ClinicSettings | None = None,
+    commit: bool = True,
+) -> CreditGrant:
+    """Grant a period's credits once per (membership, period, source); a repeat returns the first.
+
+    The period's net fee is allocated across the credits by standalone selling price, to the
+    cent, and stored with them: what a credit is worth never changes after it is granted."""
+    settings = settings or clinic_settings()
+    if period_end <= period_start:
+        raise InvalidInput("A period must end after it starts.")
+    if not holds_locks([membership.id]):
+        existing = _find_grant(membership.id, period_start, source.ref)
+        if existing is not None:  # a repeat: no need to wait for the lock
+            return existing
+        lock_memberships([membership.id])
+    existing = _find_grant(membership.id, period_start, source.ref)
+    if existing is not None:
+        return existing
+    plan = _plan_grant(membership, period_start, period_end, source, items, settings)
+    grant = CreditGrant(**_grant_row(membership, period_start, period_end, source, plan, now))
     try:
         with db.session.begin_nested():
             db.session.add(grant)
@@ -257,43 +414,156 @@ def grant_period(
         if existing is None:
             raise
         return existing
-    for (item, qty), ssp, share in zip(lines, ssps, shares, strict=True):
-        if qty <= 0:
-            continue
-        credit = Credit(
-            grant_id=grant.id,
-            membership_id=membership.id,
-            plan_item_id=item.id,
-            treatment_id=item.treatment_id if item.kind == ItemKind.TREATMENT else None,
-            product_type=product_type,
-            unit_label=item.treatment.unit_label if item.treatment else "session",
-            quantity=qty,
-            ssp_unit_minor=ssp,
-            allocated_minor=share,
-            currency=version.currency,
-            period_start=period_start,
-            period_end=period_end,
-            expires_at=expires_at,
-            created_at=now,
-        )
-        db.session.add(credit)
-        db.session.flush()
-        db.session.add(
-            _entry(
-                credit,
-                EntryKind.GRANT,
-                qty,
-                share,
-                expires_at,
-                now,
-                source.actor,
-                reason=source.reason or f"granted for {source.ref}",
-                invoice_id=source.invoice_id,
-            )
-        )
+    credit_rows = _credit_rows(grant.id, membership, period_start, period_end, plan, now)
+    _insert_credits(credit_rows, [source] * len(credit_rows), now)
     if commit:
         db.session.commit()
     return grant
+
+
+@dataclass(frozen=True)
+class PeriodToGrant:
+    """One membership's paid period, for grant_periods."""
+
+    membership: Membership
+    period_start: datetime
+    period_end: datetime
+    source: GrantSource
+
+
+def grant_periods(
+    batch: Sequence[PeriodToGrant],
+    *,
+    now: datetime,
+    settings: ClinicSettings | None = None,
+    commit: bool = True,
+) -> list[CreditGrant]:
+    """grant_period for many memberships at once (a renewal day): the same rules, the same rows,
+    the same idempotency (one grant per membership, period and source; a repeat returns the
+    first), in a handful of statements instead of a dozen per membership.
+
+    All or nothing: a membership that cannot be granted raises before anything is written.
+    Returns the grants in the order of `batch`."""
+    if not batch:
+        return []
+    settings = settings or clinic_settings()
+    for p in batch:
+        if p.period_end <= p.period_start:
+            raise InvalidInput("A period must end after it starts.")
+    lock_memberships(p.membership.id for p in batch)
+    _load_versions([p.membership for p in batch])
+    existing = _find_grants(batch)
+    keys = [(p.membership.id, p.period_start, p.source.ref) for p in batch]
+    todo: dict[tuple, tuple[PeriodToGrant, _GrantPlan]] = {}
+    for key, p in zip(keys, batch, strict=True):
+        if key not in existing and key not in todo:
+            todo[key] = (
+                p,
+                _plan_grant(p.membership, p.period_start, p.period_end, p.source, None, settings),
+            )
+    if todo:
+        table = CreditGrant.__table__
+        rows = [
+            _grant_row(p.membership, p.period_start, p.period_end, p.source, plan, now)
+            for p, plan in todo.values()
+        ]
+        try:
+            with db.session.begin_nested():
+                grant_ids = [
+                    row[0]
+                    for row in db.session.connection().execute(
+                        table.insert().returning(table.c.id, sort_by_parameter_order=True), rows
+                    )
+                ]
+        except IntegrityError:  # a concurrent grant won a race: one at a time, each idempotent
+            result = [
+                grant_period(
+                    p.membership,
+                    p.period_start,
+                    p.period_end,
+                    p.source,
+                    now=now,
+                    settings=settings,
+                    commit=False,
+                )
+                for p in batch
+            ]
+            if commit:
+                db.session.commit()
+            return result
+        by_id = {
+            g.id: g
+            for g in db.session.execute(
+                sa.select(CreditGrant).where(CreditGrant.id.in_(grant_ids))
+            ).scalars()
+        }
+        grants = [by_id[gid] for gid in grant_ids]
+        credit_rows, sources = [], []
+        for grant, (p, plan) in zip(grants, todo.values(), strict=True):
+            existing[(p.membership.id, p.period_start, p.source.ref)] = grant
+            rows = _credit_rows(grant.id, p.membership, p.period_start, p.period_end, plan, now)
+            credit_rows.extend(rows)
+            sources.extend([p.source] * len(rows))
+        _insert_credits(credit_rows, sources, now)
+    result = [existing[key] for key in keys]
+    if commit:
+        db.session.commit()
+    return result
+
+
+def _insert_credits(credit_rows: list[dict], sources: list[GrantSource], now: datetime) -> None:
+    """Credits and their `grant` entries, a few statements for any number of them (executemany;
+    the credits' ids come back in the order of the rows)."""
+    if not credit_rows:
+        return
+    conn = db.session.connection()
+    table = Credit.__table__
+    credit_ids = [
+        row[0]
+        for row in conn.execute(
+            table.insert().returning(table.c.id, sort_by_parameter_order=True), credit_rows
+        )
+    ]
+    conn.execute(
+        LedgerEntry.__table__.insert(),
+        [
+            _grant_entry_row(row, cid, source, now)
+            for row, cid, source in zip(credit_rows, credit_ids, sources, strict=True)
+        ],
+    )
+
+
+def _load_versions(memberships: Sequence[Membership]) -> None:
+    """The plan versions of these memberships with their plan, items, treatments and options,
+    in a few queries for all of them (instead of lazy loads per membership)."""
+    ids = {m.plan_version_id for m in memberships}
+    db.session.execute(
+        sa.select(PlanVersion)
+        .where(PlanVersion.id.in_(ids))
+        .options(
+            joinedload(PlanVersion.plan),
+            selectinload(PlanVersion.items).options(
+                joinedload(PlanItem.treatment),
+                selectinload(PlanItem.options).joinedload(PlanItemOption.treatment),
+            ),
+        )
+    ).unique().all()
+
+
+def _find_grants(batch: Sequence[PeriodToGrant]) -> dict[tuple, CreditGrant]:
+    """The grants already made for these (membership, period, source), keyed so."""
+    found: dict[tuple, CreditGrant] = {}
+    ids = sorted({p.membership.id for p in batch})
+    refs = sorted({p.source.ref for p in batch})
+    for i in range(0, len(ids), 1000):
+        for grant in db.session.execute(
+            sa.select(CreditGrant).where(
+                CreditGrant.membership_id.in_(ids[i : i + 1000]),
+                CreditGrant.source_ref.in_(refs),
+            )
+        ).scalars():
+            found[(grant.membership_id, grant.period_start, grant.source_ref)] = grant
+    return found
 
 
 def _find_grant(membership_id: int, period_start: datetime, ref: str) -> CreditGrant | None:
@@ -390,12 +660,7 @@ def redeem(
         raise InvalidInput("The quantity to redeem must be a whole number above zero.")
     lock_memberships(membership_ids)
     candidates = live_lots(membership_ids, now, treatment.id)
-    memberships = {
-        m.id: m
-        for m in db.session.execute(
-            sa.select(Membership).where(Membership.id.in_(list(membership_ids)))
-        ).scalars()
-    }
+    memberships = _memberships(membership_ids)
     usable = [lot for lot in candidates if _beneficiary_room(lot, memberships, member_id) > 0]
     available = sum(
         min(lot.remaining, _beneficiary_room(lot, memberships, member_id)) for lot in usable
@@ -410,6 +675,16 @@ def redeem(
     if available < quantity:
         unit = treatment.unit_label if treatment.in_units else "session"
         have = f"{available} {unit}{'' if available == 1 else 's'}"
+        on_the_membership = sum(lot.remaining for lot in candidates)
+        if on_the_membership >= quantity:
+            # The credits are there, but this household member has used their share.
+            raise InsufficientCredits(
+                f"The household limit is reached for {treatment.name}: this member may use "
+                f"{have} more this period, {quantity} asked ({on_the_membership} left on the "
+                "membership for its other members).",
+                slug="beneficiary-limit",
+                available=available,
+            )
         raise InsufficientCredits(
             f"Not enough credits for {treatment.name}: {have} left, {quantity} asked.",
             available=available,
@@ -451,7 +726,7 @@ def redeem(
 def _ever_covered(membership_ids: Sequence[int], treatment_id: int) -> bool:
     """Did any credit of these memberships, live, used up or expired, ever cover the treatment,
     or does their tier include it (a membership waiting for its first payment has no credit)?"""
-    if any(lot.covers(treatment_id) for lot in lots(membership_ids, include_empty=True)):
+    if lots(membership_ids, include_empty=True, treatment_id=treatment_id):
         return True
     versions = db.session.execute(
         sa.select(PlanVersion)

@@ -1,5 +1,5 @@
 """Finance: revenue recognition read off the entitlement ledger, deferred revenue, and the
-exports an accountant imports (see docs/finance.md)."""
+exports an accountant imports (see the README (Finance))."""
 
 from __future__ import annotations
 

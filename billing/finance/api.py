@@ -73,7 +73,7 @@ class ExportView(MethodView):
     @blp.arguments(ExportQuerySchema, location="query", unknown=ma.RAISE)
     @blp.response(200, description="UTF-8 CSV, streamed (a zip for a Xero journal in parts)")
     def get(self, query, name):
-        """An export for clinic-local days from..to (see docs/finance.md for each one)."""
+        """An export for clinic-local days from..to (see the README (Finance) for each one)."""
         export = _export(name, query["format"])
         scope = resolve_scope(
             query["date_from"],

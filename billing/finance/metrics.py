@@ -1,4 +1,4 @@
-"""Subscription metrics, defined as ChartMogul defines them (docs/finance.md says how).
+"""Subscription metrics, defined as ChartMogul defines them (the README (Finance) says how).
 
 MRR is rebuilt from the membership history (MembershipEvent: joined, transition, tier_change,
 tier_change_applied) and the price of the plan version held at each moment: the tier's monthly

@@ -6,7 +6,7 @@ the first invoice paid and its credits granted once although two events report i
 payment that fails and then succeeds with another card, a one-off charge to the card on file,
 a refund, an immediate cancellation, Stripe's fees, and a reconciliation that repairs what
 lost webhooks left behind. Everything localstripe cannot do is proven by signed events in
-tests/integration (see docs/stripe.md)."""
+tests/integration (see the README (Stripe))."""
 
 from __future__ import annotations
 

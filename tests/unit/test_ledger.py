@@ -283,3 +283,94 @@ def test_a_redemption_cannot_be_reversed_after_its_invoice_was_refunded(tier, cl
         ledger.reverse(used.entries[0], actor="desk", reason="mistake", now=clock())
     db.session.rollback()
     assert ledger.balance([m.id], a.id, clock()) == 0
+
+
+def _ledger_rows(membership_ids):
+    """What a grant wrote, without ids and timestamps: comparable across memberships."""
+    rows = db.session.execute(
+        db.select(LedgerEntry).where(LedgerEntry.membership_id.in_(membership_ids))
+    ).scalars()
+    return sorted(
+        (e.credit.treatment_id, e.kind, e.quantity, e.value_minor, e.expires_at - e.period_start)
+        for e in rows
+    )
+
+
+def test_a_renewal_day_in_one_batch_writes_what_one_call_per_membership_writes(tier, clock):
+    version, _ = tier
+    one_by_one = [f.active_membership(version, now=clock(), grant=False) for _ in range(3)]
+    batched = [f.active_membership(version, now=clock(), grant=False) for _ in range(3)]
+    for m in one_by_one + batched:
+        memberships.transition(m, memberships.State.ACTIVE, actor="t", now=clock())
+    db.session.commit()
+    start, end = clock(), clock() + timedelta(days=30)
+    for m in one_by_one:
+        ledger.grant_period(
+            m, start, end, ledger.GrantSource(ref=f"invoice:{m.id}", actor="t"), now=clock()
+        )
+    batch = [
+        ledger.PeriodToGrant(m, start, end, ledger.GrantSource(ref=f"invoice:{m.id}", actor="t"))
+        for m in batched
+    ]
+    grants = ledger.grant_periods(batch, now=clock())
+    assert [g.membership_id for g in grants] == [m.id for m in batched]
+    expected = _ledger_rows([m.id for m in one_by_one])
+    assert _ledger_rows([m.id for m in batched]) == expected and len(expected) == 9
+    again = ledger.grant_periods(batch, now=clock())  # a rerun of the renewal day
+    assert [g.id for g in again] == [g.id for g in grants]
+    assert _ledger_rows([m.id for m in batched]) == expected
+
+
+def test_a_renewal_batch_with_one_paused_membership_writes_nothing(tier, clock):
+    version, _ = tier
+    ok, paused = (f.active_membership(version, now=clock(), grant=False) for _ in range(2))
+    memberships.transition(ok, memberships.State.ACTIVE, actor="t", now=clock())
+    memberships.transition(paused, memberships.State.ACTIVE, actor="t", now=clock())
+    memberships.pause(paused, actor="t", now=clock())
+    start, end = clock(), clock() + timedelta(days=30)
+    batch = [
+        ledger.PeriodToGrant(m, start, end, ledger.GrantSource(ref=f"invoice:{m.id}", actor="t"))
+        for m in (ok, paused)
+    ]
+    with pytest.raises(Conflict, match="cannot be granted"):
+        ledger.grant_periods(batch, now=clock())
+    db.session.rollback()
+    assert _ledger_rows([ok.id, paused.id]) == []
+
+
+def test_a_household_partner_is_held_to_their_share_and_told_so(app, clock):
+    facial = f.treatment("facial", name="Facial", price=20000)
+    version = f.plan([(facial, 2, {"beneficiary_limit": 1})])
+    m = f.active_membership(version, now=clock())
+    partner = f.member("Wei")
+    memberships.add_beneficiary(m, partner, actor="desk", now=clock())
+    ledger.redeem(
+        membership_ids=[m.id],
+        treatment=facial,
+        quantity=1,
+        member_id=partner.id,
+        now=clock(),
+        actor="desk",
+    )
+    before = len(_entries(m))
+    with pytest.raises(ledger.InsufficientCredits, match="household limit is reached") as refused:
+        ledger.redeem(
+            membership_ids=[m.id],
+            treatment=facial,
+            quantity=1,
+            member_id=partner.id,
+            now=clock(),
+            actor="desk",
+        )
+    assert refused.value.slug == "beneficiary-limit"
+    db.session.rollback()
+    assert len(_entries(m)) == before
+    ledger.redeem(
+        membership_ids=[m.id],
+        treatment=facial,
+        quantity=1,
+        member_id=m.member_id,
+        now=clock(),
+        actor="desk",
+    )  # the owner is not limited
+    assert ledger.balance([m.id], facial.id, clock()) == 0
