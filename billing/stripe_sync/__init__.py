@@ -12,3 +12,20 @@ def init_app(app) -> None:
     api.register_blueprint(blp)
     if "stripe" not in billing_cli.commands:
         billing_cli.add_command(stripe_cli)
+    _say_what_is_off(app)
+
+
+def _say_what_is_off(app) -> None:
+    """Missing Stripe settings are said once at start-up; the rest of the service runs, and the
+    Stripe features answer 503 with the same explanation when used."""
+    import logging
+
+    missing = [
+        key for key in ("STRIPE_API_KEY", "STRIPE_WEBHOOK_SECRET") if not app.config.get(key)
+    ]
+    if missing:
+        logging.getLogger("billing.stripe").error(
+            "Stripe is not configured (%s not set): joining with a card, member actions through "
+            "Stripe, webhooks and reconciliation answer 503 until it is; everything else runs.",
+            ", ".join(missing),
+        )

@@ -211,3 +211,15 @@ def test_a_webhook_without_a_configured_secret_is_503(app, client, clock):
     response = sf.post(client, evt)
     assert response.status_code == 503
     assert db.session.get(StripeEvent, evt["id"]) is None
+
+
+def test_missing_stripe_settings_are_said_at_start_up_and_the_rest_runs(caplog, database_url):
+    import logging
+
+    from billing import create_app
+    from tests.conftest import _config
+
+    with caplog.at_level(logging.ERROR, logger="billing.stripe"):
+        app = create_app(_config(database_url, STRIPE_API_KEY=None, STRIPE_WEBHOOK_SECRET=None))
+    assert "STRIPE_API_KEY, STRIPE_WEBHOOK_SECRET not set" in caplog.text
+    assert app.test_client().get("/healthz").status_code == 200
