@@ -177,8 +177,8 @@ def test_pause_extends_live_credits_by_its_length(tier, clock):
     assert ledger.balance([m.id], a.id, clock()) == 0
 
 
-def test_clawback_takes_back_unused_and_records_what_was_used(tier, clock):
-    version, (a, _, _) = tier
+def _paid_by_invoice(version, clock):
+    """A member who joined and paid the first period by a S$327.00 invoice (the grant's source)."""
     owner = f.member()
     m = memberships.join(owner, version, actor="t", now=clock())
     invoice = Invoice(
@@ -196,9 +196,17 @@ def test_clawback_takes_back_unused_and_records_what_was_used(tier, clock):
         m,
         period_start=clock(),
         period_end=clock() + timedelta(days=30),
-        source=ledger.GrantSource(ref="invoice:in_x", actor="stripe", invoice_id=invoice.id),
+        source=ledger.GrantSource(
+            ref=f"invoice:{invoice.id}", actor="stripe", invoice_id=invoice.id
+        ),
         now=clock(),
     )
+    return owner, m, invoice
+
+
+def test_clawback_takes_back_unused_and_records_what_was_used(tier, clock):
+    version, (a, _, _) = tier
+    owner, m, invoice = _paid_by_invoice(version, clock)
     ledger.redeem(
         membership_ids=[m.id],
         treatment=a,
@@ -249,26 +257,7 @@ def test_quantity_must_be_a_positive_whole_number(tier, clock):
 
 def test_a_redemption_cannot_be_reversed_after_its_invoice_was_refunded(tier, clock):
     version, (a, _, _) = tier
-    owner = f.member()
-    m = memberships.join(owner, version, actor="t", now=clock())
-    invoice = Invoice(
-        member_id=owner.id,
-        membership_id=m.id,
-        currency="SGD",
-        total_minor=32700,
-        tax_minor=2700,
-        net_minor=30000,
-        status="paid",
-    )
-    db.session.add(invoice)
-    db.session.flush()
-    memberships.record_paid_period(
-        m,
-        period_start=clock(),
-        period_end=clock() + timedelta(days=30),
-        source=ledger.GrantSource(ref="invoice:in_y", actor="stripe", invoice_id=invoice.id),
-        now=clock(),
-    )
+    owner, m, invoice = _paid_by_invoice(version, clock)
     used = ledger.redeem(
         membership_ids=[m.id],
         treatment=a,
