@@ -327,6 +327,28 @@ def _dry_run(verb: Callable[[], object]) -> object:
         savepoint.rollback()
 
 
+def _confirmed_by_stripe(
+    membership: Membership,
+    verb: Callable[[], object],
+    ask_stripe: Callable[[object], dict],
+    *,
+    actor: str,
+    now: datetime,
+) -> Membership:
+    """A member's action: without a Stripe subscription it is just the local verb. With one, the
+    verb's rules are checked first (a dry run that keeps nothing), Stripe is asked (given what the
+    dry run returned), and only then is the verb applied and Stripe's answer converged."""
+    if not membership.stripe_subscription_id:
+        verb()
+        db.session.commit()
+        return membership
+    sub = ask_stripe(_dry_run(verb))
+    verb()
+    _converge(sub, actor=actor, now=now)
+    db.session.commit()
+    return membership
+
+
 def _converge(sub: dict, *, actor: str, now: datetime) -> None:
     """Apply the subscription Stripe returned, as its webhook would."""
     handlers.on_subscription_changed(
@@ -405,16 +427,13 @@ def pause(
             membership, actor=actor, now=now, reason=reason, resume_at=resume_at, commit=False
         )
 
-    if not membership.stripe_subscription_id:
-        verb()
-        db.session.commit()
-        return membership
-    _dry_run(verb)
-    sub = (gateway or gateway_module.current()).pause_collection(membership, resume_at)
-    verb()
-    _converge(sub, actor=actor, now=now)
-    db.session.commit()
-    return membership
+    return _confirmed_by_stripe(
+        membership,
+        verb,
+        lambda _: (gateway or gateway_module.current()).pause_collection(membership, resume_at),
+        actor=actor,
+        now=now,
+    )
 
 
 def resume(
@@ -428,16 +447,13 @@ def resume(
     def verb():
         return memberships.resume(membership, actor=actor, now=now, reason=reason, commit=False)
 
-    if not membership.stripe_subscription_id:
-        verb()
-        db.session.commit()
-        return membership
-    _dry_run(verb)
-    sub = (gateway or gateway_module.current()).resume(membership)
-    verb()
-    _converge(sub, actor=actor, now=now)
-    db.session.commit()
-    return membership
+    return _confirmed_by_stripe(
+        membership,
+        verb,
+        lambda _: (gateway or gateway_module.current()).resume(membership),
+        actor=actor,
+        now=now,
+    )
 
 
 def cancel(
@@ -466,30 +482,24 @@ def cancel(
             commit=False,
         )
 
-    if not membership.stripe_subscription_id:
-        verb()
-        db.session.commit()
-        return membership
-    _dry_run(verb)
-    terms = memberships.cancellation_terms(membership)
-    fee = (
-        terms["early_termination_fee_minor"]
-        if not override_reason and membership.state != State.PENDING
-        else 0
-    )
-    # What the local verb will do: at period end only from an active membership with a period.
-    later = (
-        at_period_end
-        and membership.state == State.ACTIVE
-        and membership.current_period_end is not None
-    )
-    sub = (gateway or gateway_module.current()).cancel(
-        membership, at_period_end=later, early_termination_fee_minor=fee or None
-    )
-    verb()
-    _converge(sub, actor=actor, now=now)
-    db.session.commit()
-    return membership
+    def ask_stripe(_) -> dict:
+        terms = memberships.cancellation_terms(membership)
+        fee = (
+            terms["early_termination_fee_minor"]
+            if not override_reason and membership.state != State.PENDING
+            else 0
+        )
+        # What the local verb will do: at period end only from an active membership with a period.
+        later = (
+            at_period_end
+            and membership.state == State.ACTIVE
+            and membership.current_period_end is not None
+        )
+        return (gateway or gateway_module.current()).cancel(
+            membership, at_period_end=later, early_termination_fee_minor=fee or None
+        )
+
+    return _confirmed_by_stripe(membership, verb, ask_stripe, actor=actor, now=now)
 
 
 def change_tier(
@@ -514,18 +524,15 @@ def change_tier(
             commit=False,
         )
 
-    if not membership.stripe_subscription_id:
-        verb()
-        db.session.commit()
-        return membership
-    upgrade = _dry_run(lambda: verb().reason == "upgrade")
-    sub = (gateway or gateway_module.current()).change_price(
-        membership, new_version, upgrade=upgrade
+    return _confirmed_by_stripe(
+        membership,
+        verb,
+        lambda event: (gateway or gateway_module.current()).change_price(
+            membership, new_version, upgrade=event.reason == "upgrade"
+        ),
+        actor=actor,
+        now=now,
     )
-    verb()
-    _converge(sub, actor=actor, now=now)
-    db.session.commit()
-    return membership
 
 
 def change_tier_to(
