@@ -189,10 +189,6 @@ def _maybe_crash(done: int, crash_after: int | None) -> int:
 GRACE_ENDED = "grace_ended"
 
 
-def redemption_blocked(membership: Membership, now: datetime) -> bool:
-    return membership.redemption_blocked(now)
-
-
 def end_grace_periods(*, now: datetime, batch_size: int = BATCH_SIZE) -> dict:
     """Past-due memberships whose grace period has passed are blocked from redeeming
     (Membership.can_redeem already says so from grace_ends_at); record it once per past-due
@@ -202,7 +198,7 @@ def end_grace_periods(*, now: datetime, batch_size: int = BATCH_SIZE) -> dict:
     for membership_id in _batched(lambda after, size: _out_of_grace(now, after, size), batch_size):
         ledger.lock_memberships([membership_id])
         membership = db.session.get(Membership, membership_id, populate_existing=True)
-        if not redemption_blocked(membership, now) or _grace_end_recorded(membership):
+        if not membership.redemption_blocked(now) or _grace_end_recorded(membership):
             db.session.rollback()  # paid meanwhile, or another server recorded it
             continue
         db.session.add(

@@ -19,7 +19,7 @@ from billing.entitlements import service as ledger
 from billing.entitlements.models import EntryKind, LedgerEntry
 from billing.extensions import db
 from billing.jobs import scheduler, service
-from billing.jobs.jobs import JOBS, end_grace_periods, expire_credits, notify, redemption_blocked
+from billing.jobs.jobs import JOBS, end_grace_periods, expire_credits, notify
 from billing.jobs.models import JobRun, Notification, NotificationStatus, Outcome
 from billing.memberships import service as memberships
 from billing.memberships.models import MembershipEvent, State
@@ -171,11 +171,11 @@ def test_past_due_beyond_grace_is_blocked_and_recorded_once(app, tiers, clock):
     grace_days = app.config["GRACE_PERIOD_DAYS"]
 
     assert end_grace_periods(now=clock.advance(days=grace_days - 1))["grace_ended"] == 0
-    assert not redemption_blocked(m, clock()) and m.can_redeem(clock())
+    assert not m.redemption_blocked(clock()) and m.can_redeem(clock())
 
     assert end_grace_periods(now=clock.advance(days=2))["grace_ended"] == 1
     db.session.refresh(m)
-    assert redemption_blocked(m, clock()) and not m.can_redeem(clock())
+    assert m.redemption_blocked(clock()) and not m.can_redeem(clock())
     [event] = _grace_events(m)
     assert event.effective_at == m.grace_ends_at and event.at == clock()
 
@@ -191,7 +191,7 @@ def test_past_due_beyond_grace_is_blocked_and_recorded_once(app, tiers, clock):
         source=ledger.GrantSource(ref="invoice:late", actor="stripe"),
         now=clock(),
     )
-    assert not redemption_blocked(m, clock())
+    assert not m.redemption_blocked(clock())
     memberships.mark_past_due(m, actor="stripe", now=clock.advance(days=30))
     end_grace_periods(now=clock.advance(days=grace_days + 1))
     assert len(_grace_events(m)) == 2
