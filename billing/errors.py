@@ -77,6 +77,16 @@ class ServiceUnavailable(DomainError):
     status, slug, title = 503, "service-unavailable", "Service unavailable"
 
 
+def _rollback() -> None:
+    """A failed request leaves the database as it was (even when the connection itself is gone)."""
+    from billing.extensions import db
+
+    try:
+        db.session.rollback()
+    except Exception:
+        db.session.remove()
+
+
 def problem(
     status: int,
     title: str,
@@ -149,9 +159,7 @@ class Api(flask_smorest.Api):
 
 
 def handle_http_exception(error: HTTPException):
-    from billing.extensions import db
-
-    db.session.rollback()
+    _rollback()
     data = getattr(error, "data", None) or {}
     errors = data.get("errors") or data.get("messages")
     if errors and isinstance(errors, dict):
@@ -176,18 +184,14 @@ def handle_http_exception(error: HTTPException):
 
 
 def handle_domain_error(error: DomainError):
-    from billing.extensions import db
-
-    db.session.rollback()
+    _rollback()
     return problem(
         error.status, error.title, error.detail, slug=error.slug, errors=error.errors, **error.extra
     )
 
 
 def handle_unexpected(error: Exception):
-    from billing.extensions import db
-
-    db.session.rollback()
+    _rollback()
     log.exception("unhandled error on %s %s", request.method, request.path)
     return problem(
         500,
@@ -198,18 +202,14 @@ def handle_unexpected(error: Exception):
 
 
 def handle_validation_error(error: ma.ValidationError):
-    from billing.extensions import db
-
-    db.session.rollback()
+    _rollback()
     errors = error.messages if isinstance(error.messages, dict) else {"_schema": error.messages}
     return problem(422, "Invalid input", _describe(errors), slug="invalid-input", errors=errors)
 
 
 def handle_data_error(error: Exception):
     """A value the database cannot hold (a number beyond its column, say): the caller's input."""
-    from billing.extensions import db
-
-    db.session.rollback()
+    _rollback()
     return problem(
         422, "Invalid input", "A value is out of range or cannot be stored.", slug="invalid-input"
     )
@@ -218,12 +218,7 @@ def handle_data_error(error: Exception):
 def handle_database_unavailable(error: Exception):
     """The database is not answering (or chose this transaction as a deadlock victim): nothing
     was saved, and the same request may simply be sent again."""
-    from billing.extensions import db
-
-    try:
-        db.session.rollback()
-    except Exception:  # the connection itself may be gone
-        db.session.remove()
+    _rollback()
     log.warning("database unavailable on %s %s: %s", request.method, request.path, error)
     return problem(
         503,
