@@ -57,9 +57,9 @@ def nproc() -> int:
 
 
 def default_workers() -> int:
-    """gunicorn's rule of thumb, (2 x cores) + 1 sync workers: a worker waiting on PostgreSQL
-    leaves its core to another."""
-    return 2 * nproc() + 1
+    """What gunicorn.conf.py runs in production: cores + 1 threaded workers (4 threads each), so
+    a thread waiting on PostgreSQL leaves its core to another and connections stay open."""
+    return nproc() + 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,7 +219,7 @@ class Server:
 
     database_url: str
     workers: int = field(default_factory=default_workers)
-    threads: int = 1
+    threads: int = 4
     app: str = field(default_factory=lambda: os.environ.get("BENCH_APP", "billing:create_app()"))
     env: dict[str, str] = field(default_factory=dict)
     port: int = 0
@@ -255,8 +255,8 @@ class Server:
             "--log-level",
             "warning",
         ]
-        if self.threads > 1:
-            args += ["--worker-class", "gthread", "--threads", str(self.threads)]
+        # gunicorn.conf.py (production's settings) is read from --chdir; these override it.
+        args += ["--config", str(ROOT / "gunicorn.conf.py"), "--threads", str(self.threads)]
         self.process = subprocess.Popen(
             args,
             env=server_env(self.database_url, **self.env),

@@ -13,6 +13,7 @@ from billing.checkout.schemas import (
     CloseInSchema,
     ConsultationInSchema,
     ConsultationOutSchema,
+    DeskRedeemInSchema,
     LineInSchema,
     LineOutSchema,
     LookupQuerySchema,
@@ -125,6 +126,21 @@ class Receipt(MethodView):
         """What was redeemed and from which credit, what remains, what is owed."""
         ensure_member_access(current_principal(), service.get_visit(visit_id).member_id)
         return service.receipt(visit_id, now=clock.now(), settings=clinic_settings())
+
+
+@desk_blp.route("/redemptions")
+class DeskRedemptions(MethodView):
+    @requires("staff")
+    @idempotent(required=True)
+    @desk_blp.arguments(DeskRedeemInSchema)
+    @desk_blp.response(201, LineOutSchema)
+    def post(self, data):
+        """The desk's one click: add a treatment to the client's open visit of today at this
+        location (opened when there is none), redeemed from credits when covered, else charged.
+        Needs an Idempotency-Key. The line names its visit: void and close it there."""
+        return service.redeem_at_desk(
+            **data, is_admin=_is_admin(), **_who(), settings=clinic_settings()
+        )
 
 
 @desk_blp.route("/lookup")

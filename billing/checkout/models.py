@@ -45,6 +45,7 @@ class Visit(db.Model):
     lines: Mapped[list[VisitLine]] = relationship(
         back_populates="visit", order_by="VisitLine.id", cascade="all, delete-orphan"
     )
+    member = relationship("Member")
 
     @property
     def is_open(self) -> bool:
@@ -72,6 +73,9 @@ class VisitLine(db.Model):
     void_reason: Mapped[str | None] = mapped_column(sa.Text)
 
     visit: Mapped[Visit] = relationship(back_populates="lines")
+    # The line's own ledger entries, appended while both are unwritten: one flush writes the
+    # line and then its entries with its id (the ledger is append-only: never removed from).
+    ledger_entries = relationship("LedgerEntry", lazy="raise_on_sql", passive_deletes="all")
     treatment = relationship("Treatment")
     provider = relationship("Staff")
 

@@ -39,6 +39,19 @@ class LineInSchema(ma.Schema):
     overrides = fields.List(fields.Nested(OverrideSchema), load_default=list)
 
 
+class DeskRedeemInSchema(LineInSchema):
+    """One call at the desk: the client and where, then the line as for a visit."""
+
+    member_id = fields.Integer(required=True, strict=True)
+    location = fields.String(required=True, metadata={"description": "location code"})
+    supervising_staff_id = fields.Integer(
+        strict=True,
+        allow_none=True,
+        load_default=None,
+        metadata={"description": "recorded on the visit when this call opens it"},
+    )
+
+
 class VoidInSchema(ma.Schema):
     reason = fields.String(required=True, validate=validate.Length(min=3, max=2000))
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 import sqlalchemy as sa
+from sqlalchemy.orm import joinedload
 
 from billing.checkout import rules
 from billing.checkout.models import (
@@ -25,6 +26,7 @@ from billing.checkout.models import (
     VisitLine,
     VisitState,
 )
+from billing.clinic.models import Location
 from billing.clock import local_date, start_of_local_day
 from billing.entitlements import service as ledger
 from billing.entitlements.models import Credit, CreditGrant, EntryKind, LedgerEntry
@@ -55,11 +57,13 @@ def get_visit(visit_id: int) -> Visit:
 
 
 def _lock_visit(visit_id: int) -> Visit:
-    """The visit row, locked for this transaction (and re-read, not taken from the cache)."""
+    """The visit row, locked for this transaction (and re-read, not taken from the cache), with
+    its client in the same statement."""
     visit = db.session.execute(
         sa.select(Visit)
         .where(Visit.id == visit_id)
-        .with_for_update()
+        .options(joinedload(Visit.member, innerjoin=True))
+        .with_for_update(of=Visit)
         .execution_options(populate_existing=True)
     ).scalar_one_or_none()
     if visit is None:
@@ -90,6 +94,10 @@ def _staff(staff_id: int, field: str) -> Staff:
     row = db.session.get(Staff, staff_id)
     if row is None:
         raise InvalidInput(f"There is no staff member {staff_id}.", errors={field: ["unknown"]})
+    return _active(row, field)
+
+
+def _active(row: Staff, field: str) -> Staff:
     if not row.active:
         raise InvalidInput(
             f"{row.name} no longer works at the clinic.", errors={field: ["not active"]}
@@ -111,12 +119,19 @@ def open_visit(
     settings: ClinicSettings,
 ) -> Visit:
     """A client arrives at a location: an open visit to which the desk adds what was done."""
-    member = get_member(member_id)
-    loc = staff_service.location_by_code(location)
+    # The client and the location in one statement; when either is missing, each is looked up
+    # on its own to say which.
+    pair = db.session.execute(
+        sa.select(Member, Location)
+        .join_from(Member, Location, sa.true())
+        .where(Member.id == member_id, Location.code == location)
+    ).first()
+    member = pair.Member if pair else get_member(member_id)
+    loc = pair.Location if pair else staff_service.location_by_code(location)
     if supervising_staff_id is not None:
         _staff(supervising_staff_id, "supervising_staff_id")
     visit = Visit(
-        member_id=member.id,
+        member=member,
         location_id=loc.id,
         supervising_staff_id=supervising_staff_id,
         opened_at=now,
@@ -163,6 +178,7 @@ class CreditPicture:
     blocked: list[Membership]  # hold live credits for it but may not redeem now
     expired_on: date | None
     expired_lots: list[ledger.Lot]
+    covering: list[ledger.Lot]  # every lot for the treatment, read under the memberships' locks
 
     @property
     def has_live_credit(self) -> bool:
@@ -194,6 +210,7 @@ def _credit_picture(
         blocked=[by_id[i] for i in sorted(blocked_ids)],
         expired_on=expired_on,
         expired_lots=expired_lots,
+        covering=covering,
     )
 
 
@@ -343,6 +360,60 @@ def _facts(
 # Adding, voiding, closing
 
 
+def redeem_at_desk(
+    *,
+    member_id: int,
+    location: str,
+    supervising_staff_id: int | None = None,
+    actor: str,
+    now: datetime,
+    settings: ClinicSettings,
+    **line,
+) -> VisitLine:
+    """The desk's one click: add a treatment to the client's visit of today at this location,
+    opening the visit when there is none yet. One request instead of two at the front desk.
+
+    Two desks ringing up the same client at the same moment may each open a visit; both are
+    valid visits, and the credits are still spent once (the memberships' lock)."""
+    visit = _todays_open_visit(member_id, location, now, settings)
+    if visit is None:
+        visit = open_visit(
+            member_id=member_id,
+            location=location,
+            supervising_staff_id=supervising_staff_id,
+            actor=actor,
+            now=now,
+            settings=settings,
+        )
+    return add_line(visit.id, locked_visit=visit, actor=actor, now=now, settings=settings, **line)
+
+
+def _todays_open_visit(
+    member_id: int, location: str, now: datetime, settings: ClinicSettings
+) -> Visit | None:
+    """The client's newest open visit opened today (the clinic's day) at this location, locked."""
+    since = start_of_local_day(local_date(now, settings.tz), settings.tz)
+    return (
+        db.session.execute(
+            sa.select(Visit)
+            .join(Location, Visit.location_id == Location.id)
+            .where(
+                Visit.member_id == member_id,
+                Location.code == location,
+                Visit.state == VisitState.OPEN,
+                Visit.opened_at >= since,
+            )
+            .options(joinedload(Visit.member, innerjoin=True))
+            .order_by(Visit.id.desc())
+            .with_for_update(of=Visit)
+            .execution_options(populate_existing=True)
+        )
+        .unique()
+        .scalars()
+        .first()
+    )
+
+
 def add_line(
     visit_id: int,
     *,
@@ -356,12 +427,14 @@ def add_line(
     actor: str,
     now: datetime,
     settings: ClinicSettings,
+    locked_visit: Visit | None = None,
 ) -> VisitLine:
     """Add what was done to an open visit; it is redeemed or charged at once.
 
     Redeemed when credits cover it (the credit that expires first first), charged otherwise
     (or when the desk says pay_with="charge"). Every clinic rule that blocks it is reported
-    together; an admin may let it through one rule at a time with a written reason."""
+    together; an admin may let it through one rule at a time with a written reason.
+    `locked_visit`: the visit, when the caller has just read and locked it."""
     overridden = _overrides([*overrides, *([override] if override else [])], is_admin)
     if pay_with not in PAY_WITH:
         raise InvalidInput(f"pay_with must be one of {', '.join(PAY_WITH)}.")
@@ -370,9 +443,16 @@ def add_line(
             "The quantity must be a whole number above zero.",
             errors={"quantity": ["a whole number above zero"]},
         )
-    visit = _lock_visit(visit_id)
+    visit = locked_visit if locked_visit is not None else _lock_visit(visit_id)
     _ensure_open(visit)
-    t = _treatment(treatment)
+    # The treatment and the provider in one statement; when either is missing, each is looked
+    # up on its own to say which.
+    pair = db.session.execute(
+        sa.select(Treatment, Staff)
+        .join_from(Treatment, Staff, sa.true())
+        .where(Treatment.code == treatment, Staff.id == provider_id)
+    ).first()
+    t = pair.Treatment if pair else _treatment(treatment)
     if quantity > 1 and not t.in_units:
         raise InvalidInput(
             f"{t.name} is counted in sessions: add one line per session. A quantity above 1 "
@@ -381,15 +461,14 @@ def add_line(
         )
     if t.currency != visit.currency:
         raise InvalidInput(f"{t.name} is priced in {t.currency}, the visit in {visit.currency}.")
-    provider = _staff(provider_id, "provider_id")
+    provider = _active(pair.Staff, "provider_id") if pair else _staff(provider_id, "provider_id")
     if provider.location_id != visit.location_id:
         raise InvalidInput(
             f"{provider.name} works at {provider.location.name}, not at the visit's location.",
             errors={"provider_id": ["works at another location"]},
         )
     member = get_member(visit.member_id)
-    usable = memberships_usable_by(member.id)
-    ledger.lock_memberships([m.id for m in usable])
+    usable = memberships_usable_by(member.id, lock=True)
     picture = _credit_picture(t, usable, now, settings)
     uses_credits = _uses_credits(pay_with, picture)
     supervisor = (
@@ -433,14 +512,15 @@ def add_line(
         performed_at=now,
         created_by=actor,
     )
-    db.session.add(line)
-    db.session.flush()
+    db.session.add(line)  # written with its ledger entries in one flush, its status decided
     if uses_credits:
         _redeem_line(
             line, t, member, picture, overridden, pay_with, actor=actor, now=now, settings=settings
         )
     else:
         _charge_line(line, t, picture.usable, now=now, settings=settings)
+    if violations:
+        db.session.flush()  # the overrides name the line
     for violation in violations:
         db.session.add(
             RuleOverride(
@@ -484,9 +564,11 @@ def _redeem_line(
     line, treatment, member, picture, overridden, pay_with, *, actor, now, settings
 ) -> None:
     ids = list(picture.redeemable_ids)
+    covering = picture.covering
     if "membership_state" in overridden:
         ids = [m.id for m in picture.usable]
     if "expired_credit" in overridden and picture.expired_lots:
+        covering = None  # honouring writes new entries: the ledger reads the lots again
         for lot in picture.expired_lots:
             _honour_expired(
                 lot,
@@ -505,8 +587,9 @@ def _redeem_line(
             member_id=member.id,
             now=now,
             actor=actor,
-            visit_line_id=line.id,
             commit=False,
+            covering=covering,
+            visit_line=line,
         )
     except ledger.InsufficientCredits as short:
         # A household partner may have used up their share: with nothing usable, charge it.

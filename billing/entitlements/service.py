@@ -134,6 +134,22 @@ def lock_memberships(ids: Iterable[int]) -> None:
         db.session.info.setdefault(_LOCKED, set()).update(ids)
 
 
+def lock_selected(query: sa.Select) -> list[Membership]:
+    """Read and lock, in one statement, the memberships a query selects (in id order, as
+    lock_memberships does), and note them as held. For a hot path that would otherwise read
+    the rows and then lock them: under READ COMMITTED a row changed while we waited is re-checked
+    against the query's conditions, so what comes back is what is locked, as it now is."""
+    rows = list(
+        db.session.execute(
+            query.order_by(Membership.id)
+            .with_for_update(of=Membership)
+            .execution_options(populate_existing=True)
+        ).scalars()
+    )
+    db.session.info.setdefault(_LOCKED, set()).update(m.id for m in rows)
+    return rows
+
+
 def holds_locks(ids: Iterable[int]) -> bool:
     """Does this transaction already hold the row locks of all these memberships?"""
     return set(ids) <= db.session.info.get(_LOCKED, set())
@@ -652,14 +668,26 @@ def redeem(
     visit_line_id: int | None = None,
     reason: str = "",
     commit: bool = True,
+    covering: Sequence[Lot] | None = None,
+    visit_line: object | None = None,
 ) -> Redemption:
     """Consume `quantity` credits for a treatment, the credits that expire first first.
 
-    All or nothing: if the live balance is short, InsufficientCredits and nothing is written."""
+    All or nothing: if the live balance is short, InsufficientCredits and nothing is written.
+    `covering`: the lots for this treatment the caller has just read while holding the locks
+    of these memberships (checkout has them for its rules), so they are not read again.
+    `visit_line`: a line not yet written; the entries point to it and are written with it when
+    the caller flushes (one flush for the line and its entries; commit must be False)."""
     if not isinstance(quantity, int) or isinstance(quantity, bool) or quantity <= 0:
         raise InvalidInput("The quantity to redeem must be a whole number above zero.")
-    lock_memberships(membership_ids)
-    candidates = live_lots(membership_ids, now, treatment.id)
+    if covering is not None and holds_locks(membership_ids):
+        ids = set(membership_ids)
+        candidates = [
+            lot for lot in covering if lot.is_live(now) and lot.credit.membership_id in ids
+        ]
+    else:
+        lock_memberships(membership_ids)
+        candidates = live_lots(membership_ids, now, treatment.id)
     memberships = _memberships(membership_ids)
     usable = [lot for lot in candidates if _beneficiary_room(lot, memberships, member_id) > 0]
     available = sum(
@@ -710,13 +738,19 @@ def redeem(
             lot.expires_at,
             now,
             actor,
-            visit_line_id=visit_line_id,
             member_id=member_id,
             reason=reason or f"redeemed: {treatment.name}",
+            visit_line_id=visit_line_id,
         )
+        if visit_line is not None and visit_line.id is None:
+            visit_line.ledger_entries.append(entry)
+        elif visit_line is not None:  # written already (a query flushed it)
+            entry.visit_line_id = visit_line.id
         db.session.add(entry)
         result.entries.append(entry)
         wanted -= take
+    if visit_line is not None:
+        return result
     db.session.flush()
     if commit:
         db.session.commit()

@@ -631,23 +631,23 @@ def remove_beneficiary(
         db.session.commit()
 
 
-def memberships_usable_by(member_id: int) -> list[Membership]:
-    """The memberships a client may redeem from: their own and those naming them as beneficiary."""
+def memberships_usable_by(member_id: int, *, lock: bool = False) -> list[Membership]:
+    """The memberships a client may redeem from: their own and those naming them as beneficiary.
+
+    With `lock`, they are locked for this transaction in the same statement (the ledger's lock,
+    taken before spending or granting)."""
     own = sa.select(Membership.id).where(Membership.member_id == member_id)
     shared = sa.select(Beneficiary.membership_id).where(
         Beneficiary.member_id == member_id, Beneficiary.removed_at.is_(None)
     )
-    return list(
-        db.session.execute(
-            sa.select(Membership)
-            .where(
-                Membership.id.in_(own.union(shared)),
-                Membership.state != State.CANCELED,
-                ~_unclaimed_gift(),
-            )
-            .order_by(Membership.id)
-        ).scalars()
+    query = sa.select(Membership).where(
+        Membership.id.in_(own.union(shared)),
+        Membership.state != State.CANCELED,
+        ~_unclaimed_gift(),
     )
+    if lock:
+        return ledger.lock_selected(query)
+    return list(db.session.execute(query.order_by(Membership.id)).scalars())
 
 
 # ---------------------------------------------------------------------------------------------

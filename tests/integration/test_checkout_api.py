@@ -661,3 +661,98 @@ def test_the_desk_lookup_by_search_lists_candidates_or_404(client, staff, clinic
     assert sorted(c["name"] for c in body["candidates"]) == ["Mei Lim", "Mei Tan"]
     assert client.get("/api/v1/desk/lookup?q=nobody", headers=staff).status_code == 404
     assert client.get("/api/v1/desk/lookup?member_id=999", headers=staff).status_code == 404
+
+
+# ---------------------------------------------------------------------------------------------
+# The desk's one call: redeem into today's visit
+
+
+def desk_redeem(client, headers, member_id, treatment, provider_id, key=None, **extra):
+    body = {"member_id": member_id, "location": "orchard", "treatment": treatment}
+    return client.post(
+        "/api/v1/desk/redemptions",
+        json={**body, "provider_id": provider_id, **extra},
+        headers={**headers, "Idempotency-Key": key or uuid.uuid4().hex},
+    )
+
+
+def visits_of(member_id):
+    from billing.checkout.models import Visit
+
+    return (
+        db.session.execute(sa.select(Visit).where(Visit.member_id == member_id).order_by(Visit.id))
+        .scalars()
+        .all()
+    )
+
+
+def test_one_desk_call_opens_todays_visit_and_the_next_adds_to_it(client, staff, clinic, clock):
+    first = desk_redeem(client, staff, clinic.member.id, "hydrafacial", clinic.aesthetician.id)
+    assert first.status_code == 201, first.get_json()
+    assert first.get_json()["status"] == "redeemed"
+    assert balance(clinic.membership, clinic.facial, clock) == 0
+    second = desk_redeem(client, staff, clinic.member.id, "lymph-massage", clinic.aesthetician.id)
+    assert second.get_json()["status"] == "charged"
+    (visit,) = visits_of(clinic.member.id)
+    assert first.get_json()["visit_id"] == second.get_json()["visit_id"] == visit.id
+    receipt = client.get(f"/api/v1/visits/{visit.id}/receipt", headers=staff).get_json()
+    assert [line["treatment"]["code"] for line in receipt["lines"]] == [
+        "hydrafacial",
+        "lymph-massage",
+    ]
+
+
+def test_a_closed_visit_or_yesterdays_is_not_reused(client, staff, clinic, clock):
+    first = desk_redeem(client, staff, clinic.member.id, "lymph-massage", clinic.aesthetician.id)
+    visit = first.get_json()["visit_id"]
+    assert client.post(f"/api/v1/visits/{visit}/close", json={}, headers=staff).status_code == 200
+    second = desk_redeem(client, staff, clinic.member.id, "lymph-massage", clinic.aesthetician.id)
+    assert second.get_json()["visit_id"] != visit
+    clock.advance(days=1)
+    third = desk_redeem(client, staff, clinic.member.id, "lymph-massage", clinic.aesthetician.id)
+    assert third.get_json()["visit_id"] not in (visit, second.get_json()["visit_id"])
+    assert len(visits_of(clinic.member.id)) == 3
+
+
+def test_a_desk_retry_returns_the_first_line_and_spends_nothing_more(client, staff, clinic, clock):
+    key = "desk-2-retry"
+    first = desk_redeem(client, staff, clinic.member.id, "botox", clinic.doctor.id, key, quantity=4)
+    again = desk_redeem(client, staff, clinic.member.id, "botox", clinic.doctor.id, key, quantity=4)
+    assert first.status_code == again.status_code == 201
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert again.get_json()["id"] == first.get_json()["id"]
+    assert balance(clinic.membership, clinic.botox, clock) == 16
+    assert len(visits_of(clinic.member.id)) == 1
+
+
+def test_a_refused_desk_call_opens_no_visit_and_writes_nothing(client, staff, keys, clinic, clock):
+    entries = db.session.execute(sa.select(sa.func.count(LedgerEntry.id))).scalar_one()
+    cases = [
+        ({"quantity": 25}, "botox", clinic.doctor.id, 409),  # above the balance
+        ({}, "no-such-thing", clinic.doctor.id, 422),
+        ({}, "hydrafacial", clinic.far_doctor.id, 422),  # works at another location
+        ({"location": "mars"}, "hydrafacial", clinic.aesthetician.id, 422),
+    ]
+    for extra, treatment, provider, status in cases:
+        r = desk_redeem(client, staff, clinic.member.id, treatment, provider, **extra)
+        assert r.status_code == status, (extra, treatment, r.get_json())
+        assert r.mimetype == "application/problem+json"
+    r = desk_redeem(client, staff, 9999, "hydrafacial", clinic.aesthetician.id)
+    assert r.status_code == 404 and "9999" in r.get_json()["detail"]
+    r = client.post(
+        "/api/v1/desk/redemptions",
+        json={
+            "member_id": clinic.member.id,
+            "location": "orchard",
+            "treatment": "hydrafacial",
+            "provider_id": clinic.aesthetician.id,
+        },
+        headers=staff,
+    )
+    assert r.get_json()["type"].endswith("idempotency-key-required")
+    client_key = keys.headers("client", clinic.member.id)
+    r = desk_redeem(client, client_key, clinic.member.id, "hydrafacial", clinic.aesthetician.id)
+    assert r.status_code == 403
+    assert visits_of(clinic.member.id) == []
+    assert db.session.execute(sa.select(sa.func.count(LedgerEntry.id))).scalar_one() == entries
+    assert balance(clinic.membership, clinic.botox, clock) == 20

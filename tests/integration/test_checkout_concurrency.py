@@ -142,3 +142,30 @@ def test_the_same_idempotency_key_sent_by_several_desks_at_once_redeems_once(
     db.session.expire_all()
     assert ledger.balance([membership_id], facial.id, clock()) == 4
     assert db.session.execute(sa.select(sa.func.count(VisitLine.id))).scalar_one() == 1
+
+
+def test_desks_racing_with_the_one_call_endpoint_spend_the_last_credit_once(app, shop, keys, clock):
+    """Eight desks ring up the same client at once through /desk/redemptions: one redemption,
+    seven clear 409s, and every line lands in a visit of that client (a new visit or today's)."""
+    facial, tier, therapist = shop
+    staff = keys.headers("staff")
+    for _ in range(ROUNDS):
+        membership_id, member_id, _ = _client_with_credits(tier, clock, visits=0)
+        body = {
+            "member_id": member_id,
+            "location": "orchard",
+            "treatment": "hydrafacial",
+            "provider_id": therapist.id,
+            "pay_with": "credits",
+        }
+        requests = [
+            ("/api/v1/desk/redemptions", body, {**staff, "Idempotency-Key": uuid.uuid4().hex})
+            for _ in range(DESKS)
+        ]
+        results = _race(app, requests)
+        assert sorted(code for code, _ in results) == [201] + [409] * (DESKS - 1), results
+        db.session.expire_all()
+        assert ledger.balance([membership_id], facial.id, clock()) == 0
+        (line,) = [body for code, body in results if code == 201]
+        visit = db.session.get(Visit, line["visit_id"])
+        assert visit.member_id == member_id and visit.is_open
