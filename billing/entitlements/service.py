@@ -485,12 +485,7 @@ def grant_periods(
         ]
         try:
             with db.session.begin_nested():
-                grant_ids = [
-                    row[0]
-                    for row in db.session.connection().execute(
-                        table.insert().returning(table.c.id, sort_by_parameter_order=True), rows
-                    )
-                ]
+                grant_ids = _insert_returning_ids(table, rows)
         except IntegrityError:  # a concurrent grant won a race: one at a time, each idempotent
             result = [
                 grant_period(
@@ -533,13 +528,7 @@ def _insert_credits(credit_rows: list[dict], sources: list[GrantSource], now: da
     if not credit_rows:
         return
     conn = db.session.connection()
-    table = Credit.__table__
-    credit_ids = [
-        row[0]
-        for row in conn.execute(
-            table.insert().returning(table.c.id, sort_by_parameter_order=True), credit_rows
-        )
-    ]
+    credit_ids = _insert_returning_ids(Credit.__table__, credit_rows)
     conn.execute(
         LedgerEntry.__table__.insert(),
         [
@@ -547,6 +536,27 @@ def _insert_credits(credit_rows: list[dict], sources: list[GrantSource], now: da
             for row, cid, source in zip(credit_rows, credit_ids, sources, strict=True)
         ],
     )
+
+
+def _insert_returning_ids(table: sa.Table, rows: list[dict]) -> list[int]:
+    """Insert the rows; their ids, in the order of the rows.
+
+    On PostgreSQL the ids are drawn from the table's sequence first (one statement) and the rows
+    sent with the driver's pipelined executemany: a multi-row INSERT ... RETURNING of thousands
+    of rows spends more time building its SQL text (a placeholder per value) than the database
+    spends running it (bench/grant_scale.py: most of a renewal batch)."""
+    conn = db.session.connection()
+    if conn.dialect.name != "postgresql":
+        insert = table.insert().returning(table.c.id, sort_by_parameter_order=True)
+        return [row[0] for row in conn.execute(insert, rows)]
+    ids = list(
+        conn.execute(
+            sa.text("SELECT nextval(pg_get_serial_sequence(:t, 'id')) FROM generate_series(1, :n)"),
+            {"t": table.name, "n": len(rows)},
+        ).scalars()
+    )
+    conn.execute(table.insert(), [{**row, "id": i} for row, i in zip(rows, ids, strict=True)])
+    return ids
 
 
 def _load_versions(memberships: Sequence[Membership]) -> None:
