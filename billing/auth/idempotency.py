@@ -64,14 +64,29 @@ def _claim(principal: str, key: str, request_hash: str) -> int | None:
     """Record the key (one statement): its id, or None when it was recorded before. A concurrent
     first request with the same key holds the unique key until it commits or rolls back; this
     waits for it, then finds its record (or, if it rolled back, records the key itself)."""
-    dialect = db.session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return db.session.execute(
-        insert(IdempotencyRecord)
-        .values(principal=principal, key=key, request_hash=request_hash)
-        .on_conflict_do_nothing(index_elements=["principal", "key"])
-        .returning(IdempotencyRecord.id)
+    connection = db.session.connection()
+    return connection.execute(
+        _claim_statement(connection.dialect.name),
+        {"principal": principal, "key": key, "request_hash": request_hash},
     ).scalar_one_or_none()
+
+
+@functools.cache
+def _claim_statement(dialect: str) -> sa.Insert:
+    """Built once per dialect (every API write runs it), on the table: no ORM objects."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    table = IdempotencyRecord.__table__
+    return (
+        insert(table)
+        .on_conflict_do_nothing(index_elements=["principal", "key"])
+        .returning(table.c.id)
+    )
+
+
+@functools.cache
+def _record_response_statement() -> sa.Update:
+    table = IdempotencyRecord.__table__
+    return table.update().where(table.c.id == sa.bindparam("record_id"))
 
 
 @contextmanager
@@ -115,11 +130,13 @@ def idempotent(required: bool = False) -> Callable:
                 result = view(*args, **kwargs)
                 response = result if isinstance(result, Response) else make_response(result)
             if response.status_code < 500 and response.is_json:
-                db.session.execute(
-                    sa.update(IdempotencyRecord)
-                    .where(IdempotencyRecord.id == record_id)
-                    .values(status_code=response.status_code, response_body=response.get_json())
-                    .execution_options(synchronize_session=False)
+                db.session.connection().execute(
+                    _record_response_statement(),
+                    {
+                        "record_id": record_id,
+                        "status_code": response.status_code,
+                        "response_body": response.get_json(),
+                    },
                 )
                 db.session.commit()
             else:

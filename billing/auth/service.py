@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+
+import sqlalchemy as sa
 
 from billing.auth.models import ApiKey, Role
 from billing.errors import InvalidInput, NotFound, Unauthorized
@@ -64,13 +67,17 @@ def create_api_key(
     return row, plaintext
 
 
+@functools.cache
+def _key_query() -> sa.Select:
+    """Built once: every API request runs it."""
+    return sa.select(ApiKey).where(ApiKey.prefix == sa.bindparam("prefix"))
+
+
 def authenticate_key(plaintext: str) -> Principal:
     parts = plaintext.split("_", 2)
     if len(parts) != 3 or parts[0] != "mk":
         raise Unauthorized("That API key is not valid.")
-    row = db.session.execute(
-        db.select(ApiKey).where(ApiKey.prefix == parts[1])
-    ).scalar_one_or_none()
+    row = db.session.execute(_key_query(), {"prefix": parts[1]}).scalar_one_or_none()
     if row is None or row.revoked_at is not None:
         raise Unauthorized("That API key is not valid.")
     if not hmac.compare_digest(row.key_hash, _hash(plaintext)):

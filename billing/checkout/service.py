@@ -10,6 +10,7 @@ can never both spend the last credit and never deadlock."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -59,16 +60,21 @@ def get_visit(visit_id: int) -> Visit:
 def _lock_visit(visit_id: int) -> Visit:
     """The visit row, locked for this transaction (and re-read, not taken from the cache), with
     its client in the same statement."""
-    visit = db.session.execute(
-        sa.select(Visit)
-        .where(Visit.id == visit_id)
-        .options(joinedload(Visit.member, innerjoin=True))
-        .with_for_update(of=Visit)
-        .execution_options(populate_existing=True)
-    ).scalar_one_or_none()
+    visit = db.session.execute(_lock_visit_query(), {"visit_id": visit_id}).scalar_one_or_none()
     if visit is None:
         raise NotFound(f"There is no visit {visit_id}.")
     return visit
+
+
+@functools.cache
+def _lock_visit_query() -> sa.Select:
+    return (
+        sa.select(Visit)
+        .where(Visit.id == sa.bindparam("visit_id"))
+        .options(joinedload(Visit.member, innerjoin=True))
+        .with_for_update(of=Visit)
+        .execution_options(populate_existing=True)
+    )
 
 
 def get_member(member_id: int) -> Member:
@@ -122,9 +128,7 @@ def open_visit(
     # The client and the location in one statement; when either is missing, each is looked up
     # on its own to say which.
     pair = db.session.execute(
-        sa.select(Member, Location)
-        .join_from(Member, Location, sa.true())
-        .where(Member.id == member_id, Location.code == location)
+        _member_and_location_query(), {"member_id": member_id, "code": location}
     ).first()
     member = pair.Member if pair else get_member(member_id)
     loc = pair.Location if pair else staff_service.location_by_code(location)
@@ -393,24 +397,44 @@ def _todays_open_visit(
 ) -> Visit | None:
     """The client's newest open visit opened today (the clinic's day) at this location, locked."""
     since = start_of_local_day(local_date(now, settings.tz), settings.tz)
+    params = {"member_id": member_id, "location": location, "since": since}
+    return db.session.execute(_todays_visit_query(), params).unique().scalars().first()
+
+
+@functools.cache
+def _todays_visit_query() -> sa.Select:
+    """Built once with bound parameters (the desk's hot path)."""
     return (
-        db.session.execute(
-            sa.select(Visit)
-            .join(Location, Visit.location_id == Location.id)
-            .where(
-                Visit.member_id == member_id,
-                Location.code == location,
-                Visit.state == VisitState.OPEN,
-                Visit.opened_at >= since,
-            )
-            .options(joinedload(Visit.member, innerjoin=True))
-            .order_by(Visit.id.desc())
-            .with_for_update(of=Visit)
-            .execution_options(populate_existing=True)
+        sa.select(Visit)
+        .join(Location, Visit.location_id == Location.id)
+        .where(
+            Visit.member_id == sa.bindparam("member_id"),
+            Location.code == sa.bindparam("location"),
+            Visit.state == VisitState.OPEN,
+            Visit.opened_at >= sa.bindparam("since", type_=Visit.opened_at.type),
         )
-        .unique()
-        .scalars()
-        .first()
+        .options(joinedload(Visit.member, innerjoin=True))
+        .order_by(Visit.id.desc())
+        .with_for_update(of=Visit)
+        .execution_options(populate_existing=True)
+    )
+
+
+@functools.cache
+def _treatment_and_provider_query() -> sa.Select:
+    return (
+        sa.select(Treatment, Staff)
+        .join_from(Treatment, Staff, sa.true())
+        .where(Treatment.code == sa.bindparam("code"), Staff.id == sa.bindparam("staff_id"))
+    )
+
+
+@functools.cache
+def _member_and_location_query() -> sa.Select:
+    return (
+        sa.select(Member, Location)
+        .join_from(Member, Location, sa.true())
+        .where(Member.id == sa.bindparam("member_id"), Location.code == sa.bindparam("code"))
     )
 
 
@@ -448,9 +472,7 @@ def add_line(
     # The treatment and the provider in one statement; when either is missing, each is looked
     # up on its own to say which.
     pair = db.session.execute(
-        sa.select(Treatment, Staff)
-        .join_from(Treatment, Staff, sa.true())
-        .where(Treatment.code == treatment, Staff.id == provider_id)
+        _treatment_and_provider_query(), {"code": treatment, "staff_id": provider_id}
     ).first()
     t = pair.Treatment if pair else _treatment(treatment)
     if quantity > 1 and not t.in_units:

@@ -6,6 +6,7 @@ touches (SELECT ... FOR UPDATE on PostgreSQL), so two desks cannot both spend th
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -134,20 +135,24 @@ def lock_memberships(ids: Iterable[int]) -> None:
         db.session.info.setdefault(_LOCKED, set()).update(ids)
 
 
-def lock_selected(query: sa.Select) -> list[Membership]:
+def lock_selected(query: sa.Select, params: dict | None = None) -> list[Membership]:
     """Read and lock, in one statement, the memberships a query selects (in id order, as
     lock_memberships does), and note them as held. For a hot path that would otherwise read
     the rows and then lock them: under READ COMMITTED a row changed while we waited is re-checked
     against the query's conditions, so what comes back is what is locked, as it now is."""
-    rows = list(
-        db.session.execute(
-            query.order_by(Membership.id)
-            .with_for_update(of=Membership)
-            .execution_options(populate_existing=True)
-        ).scalars()
-    )
+    rows = list(db.session.execute(_locking(query), params).scalars())
     db.session.info.setdefault(_LOCKED, set()).update(m.id for m in rows)
     return rows
+
+
+@functools.lru_cache(maxsize=32)
+def _locking(query: sa.Select) -> sa.Select:
+    """The locking form of a (prebuilt, so cached by identity) query."""
+    return (
+        query.order_by(Membership.id)
+        .with_for_update(of=Membership)
+        .execution_options(populate_existing=True)
+    )
 
 
 def holds_locks(ids: Iterable[int]) -> bool:
@@ -188,6 +193,20 @@ def lots(
     One query: the ledger summed per credit, joined to the credit and its plan item."""
     if not membership_ids:
         return []
+    params = {"membership_ids": list(membership_ids), "treatment_id": treatment_id}
+    rows = db.session.execute(_lots_query(include_empty, treatment_id is not None), params)
+    result = [
+        Lot(credit=credit, remaining=int(qty), value_minor=int(val), expires_at=exp)
+        for credit, qty, val, exp in rows.all()
+    ]
+    result.sort(key=_consumption_order)
+    return result
+
+
+@functools.cache
+def _lots_query(include_empty: bool, by_treatment: bool) -> sa.Select:
+    """lots()'s statement, built once per shape with bound parameters: it is on the front desk's
+    path, and building and fingerprinting it cost more than running it."""
     sums = (
         sa.select(
             LedgerEntry.credit_id.label("credit_id"),
@@ -195,7 +214,7 @@ def lots(
             sa.func.sum(LedgerEntry.value_minor).label("value"),
             sa.func.max(LedgerEntry.expires_at).label("expires_at"),
         )
-        .where(LedgerEntry.membership_id.in_(list(membership_ids)))
+        .where(LedgerEntry.membership_id.in_(sa.bindparam("membership_ids", expanding=True)))
         .group_by(LedgerEntry.credit_id)
     )
     if not include_empty:
@@ -206,27 +225,21 @@ def lots(
         .join(sums, sums.c.credit_id == Credit.id)
         .options(joinedload(Credit.plan_item))
     )
-    if treatment_id is None:
-        q = q.options(joinedload(Credit.plan_item).selectinload(PlanItem.options))
-    else:
-        q = q.where(
-            sa.or_(
-                Credit.treatment_id == treatment_id,
-                sa.and_(
-                    Credit.treatment_id.is_(None),
-                    sa.exists().where(
-                        PlanItemOption.item_id == Credit.plan_item_id,
-                        PlanItemOption.treatment_id == treatment_id,
-                    ),
+    if not by_treatment:
+        return q.options(joinedload(Credit.plan_item).selectinload(PlanItem.options))
+    treatment_id = sa.bindparam("treatment_id")
+    return q.where(
+        sa.or_(
+            Credit.treatment_id == treatment_id,
+            sa.and_(
+                Credit.treatment_id.is_(None),
+                sa.exists().where(
+                    PlanItemOption.item_id == Credit.plan_item_id,
+                    PlanItemOption.treatment_id == treatment_id,
                 ),
-            )
+            ),
         )
-    result = [
-        Lot(credit=credit, remaining=int(qty), value_minor=int(val), expires_at=exp)
-        for credit, qty, val, exp in db.session.execute(q).all()
-    ]
-    result.sort(key=_consumption_order)
-    return result
+    )
 
 
 def _consumption_order(lot: Lot):

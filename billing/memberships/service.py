@@ -5,6 +5,7 @@ Stripe's webhooks call the same verbs as the API (with the event id as the actor
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
@@ -636,18 +637,29 @@ def memberships_usable_by(member_id: int, *, lock: bool = False) -> list[Members
 
     With `lock`, they are locked for this transaction in the same statement (the ledger's lock,
     taken before spending or granting)."""
+    params = {"member_id": member_id}
+    if lock:
+        return ledger.lock_selected(_usable_query(), params)
+    return list(db.session.execute(_usable_query(), params).scalars())
+
+
+@functools.cache
+def _usable_query() -> sa.Select:
+    """Built once (bound parameter `member_id`): it is on the front desk's path. In id order."""
+    member_id = sa.bindparam("member_id")
     own = sa.select(Membership.id).where(Membership.member_id == member_id)
     shared = sa.select(Beneficiary.membership_id).where(
         Beneficiary.member_id == member_id, Beneficiary.removed_at.is_(None)
     )
-    query = sa.select(Membership).where(
-        Membership.id.in_(own.union(shared)),
-        Membership.state != State.CANCELED,
-        ~_unclaimed_gift(),
+    return (
+        sa.select(Membership)
+        .where(
+            Membership.id.in_(own.union(shared)),
+            Membership.state != State.CANCELED,
+            ~_unclaimed_gift(),
+        )
+        .order_by(Membership.id)
     )
-    if lock:
-        return ledger.lock_selected(query)
-    return list(db.session.execute(query.order_by(Membership.id)).scalars())
 
 
 # ---------------------------------------------------------------------------------------------
