@@ -672,7 +672,7 @@ def void_line(
     if not reason:
         raise InvalidInput("A void needs a reason.", errors={"reason": ["required"]})
     visit = _lock_visit(visit_id)
-    line = db.session.get(VisitLine, line_id)
+    line = db.session.get(VisitLine, line_id, options=[joinedload(VisitLine.treatment)])
     if line is None or line.visit_id != visit.id:
         raise NotFound(f"Visit {visit_id} has no line {line_id}.")
     if line.status == LineStatus.VOIDED:
@@ -684,6 +684,7 @@ def void_line(
     entries = db.session.execute(
         sa.select(LedgerEntry)
         .where(LedgerEntry.visit_line_id == line.id, LedgerEntry.kind == EntryKind.REDEEM)
+        .options(joinedload(LedgerEntry.credit))
         .order_by(LedgerEntry.id)
     ).scalars()
     for entry in entries:

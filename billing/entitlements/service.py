@@ -829,19 +829,17 @@ def reverse(
     if not reason:
         raise InvalidInput("A reversal needs a reason.", errors={"reason": ["required"]})
     lock_memberships([entry.membership_id])
-    already = db.session.execute(
-        sa.select(LedgerEntry.id).where(LedgerEntry.reverses_entry_id == entry.id)
-    ).first()
+    already, clawed, current_expiry = db.session.execute(
+        _reversal_facts_query(),
+        {
+            "entry_id": entry.id,
+            "credit_id": entry.credit_id,
+            "grant_id": entry.credit.grant_id,
+            "since": entry.created_at,
+        },
+    ).one()
     if already:
         raise Conflict("This redemption was already reversed.", slug="already-reversed")
-    same_grant = sa.select(Credit.id).where(Credit.grant_id == entry.credit.grant_id)
-    clawed = db.session.execute(
-        sa.select(LedgerEntry.id).where(
-            LedgerEntry.credit_id.in_(same_grant),
-            LedgerEntry.kind == EntryKind.CLAWBACK,
-            LedgerEntry.created_at >= entry.created_at,
-        )
-    ).first()
     if clawed:
         # The invoice behind this credit was refunded after the treatment, and the member now
         # owes for it: handing the credit back would give away a refunded credit. An admin
@@ -851,11 +849,6 @@ def reverse(
             "reversed. Settle it on the member's outstanding balance instead.",
             slug="credit-clawed-back",
         )
-    current_expiry = db.session.execute(
-        sa.select(sa.func.max(LedgerEntry.expires_at)).where(
-            LedgerEntry.credit_id == entry.credit_id
-        )
-    ).scalar_one()
     back = _entry(
         entry.credit,
         EntryKind.REVERSE,
@@ -875,6 +868,29 @@ def reverse(
     if commit:
         db.session.commit()
     return back
+
+
+@functools.cache
+def _reversal_facts_query() -> sa.Select:
+    """What reverse() must know, in one statement: is the redemption reversed already, was its
+    grant clawed back after it, and the credit's expiry now."""
+    reversed_ = sa.select(LedgerEntry.id).where(
+        LedgerEntry.reverses_entry_id == sa.bindparam("entry_id")
+    )
+    same_grant = sa.select(Credit.id).where(Credit.grant_id == sa.bindparam("grant_id"))
+    clawed = sa.select(LedgerEntry.id).where(
+        LedgerEntry.credit_id.in_(same_grant),
+        LedgerEntry.kind == EntryKind.CLAWBACK,
+        LedgerEntry.created_at >= sa.bindparam("since", type_=LedgerEntry.created_at.type),
+    )
+    expiry = sa.select(sa.func.max(LedgerEntry.expires_at)).where(
+        LedgerEntry.credit_id == sa.bindparam("credit_id")
+    )
+    return sa.select(
+        reversed_.limit(1).scalar_subquery(),
+        clawed.limit(1).scalar_subquery(),
+        expiry.scalar_subquery().label("expires_at"),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
