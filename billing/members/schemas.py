@@ -73,6 +73,11 @@ class MemberLocationSchema(ma.Schema):
     name = fields.String()
 
 
+# One instance for every member dumped: building a schema copies its fields, which cost more than
+# the dump itself (a search page has up to 50 members).
+_LOCATION = MemberLocationSchema()
+
+
 class MemberOutSchema(ma.Schema):
     id = fields.Integer()
     first_name = fields.String()
@@ -91,7 +96,7 @@ class MemberOutSchema(ma.Schema):
         location_id = _value(obj, "home_location_id")
         if location_id is None:
             return None
-        return MemberLocationSchema().dump(db.session.get(Location, location_id))
+        return _LOCATION.dump(db.session.get(Location, location_id))
 
 
 class MemberPageSchema(ma.Schema):

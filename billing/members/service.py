@@ -6,7 +6,7 @@ from the member's own fields on every write, so a search never scans or lower-ca
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
@@ -36,6 +36,9 @@ class MemberPage:
     limit: int
     offset: int
     next_offset: int | None
+    # The items' home locations, read with them: held here so the session still has them when
+    # the page is serialised (its identity map keeps only what something else refers to).
+    locations: list[Location] = field(default_factory=list)
 
 
 def get_member(member_id: int) -> Member:
@@ -79,24 +82,56 @@ def update_member(
 def search_members(q: str | None = None, *, limit: int = 20, offset: int = 0) -> MemberPage:
     """The front-desk search box: a name (first, last or "first last", by prefix), an email (by
     prefix) or phone digits (the start or the end of the number, so "9123 4567" finds
-    "+65 9123 4567"). Ordered by last name, then full name; at most 50 a page."""
+    "+65 9123 4567"). Ordered by last name, then full name; at most 50 a page.
+
+    One statement. Each way of matching is its own arm, answered by its own index (see the
+    model) and made not to repeat an earlier arm's members; the arms together give the matches'
+    sort keys, the page is sorted out of them (a top-N sort), and only the page's rows are read.
+    A single `OR` over the columns would let PostgreSQL walk the list's index in order,
+    filtering row by row until a page is full: quick when most members match, a walk of the
+    whole table when few do (an email, "first last"), or when the matches come late in the list
+    (a last name starting with "s")."""
     limit = max(1, min(limit, MAX_PAGE))
     offset = max(0, offset)
-    query = sa.select(Member)
-    condition = _search_condition(q or "")
-    if condition is not None:
-        query = query.where(condition)
-    rows = (
-        db.session.execute(
-            query.order_by(Member.last_name_lower, Member.search_name, Member.id)
-            .limit(limit + 1)
-            .offset(offset)
+    text = " ".join((q or "").strip().lower().split())
+    if text:
+        arms = _arms(text)
+        found = sa.union_all(
+            *(
+                sa.select(*_list_order(Member)).where(
+                    arm, *(sa.not_(before) for before in arms[:i])
+                )
+                for i, arm in enumerate(arms)
+            )
         )
-        .scalars()
-        .all()
+        # OFFSET 0 keeps the arms apart from the ORDER BY ... LIMIT below, so that PostgreSQL
+        # answers each arm by its index and sorts only the matches; otherwise it may push the
+        # order into the arms and walk the list's index from the start, filtering.
+        source = found.offset(0).subquery("found")
+    else:  # the whole list, read in the order of its index
+        source = sa.select(*_list_order(Member)).subquery("everyone")
+    page = (
+        sa.select(source.c.id, source.c.last_name_lower, source.c.search_name)
+        .order_by(*_list_order(source.c))
+        .limit(limit + 1)
+        .offset(offset)
+        .subquery("page")
     )
+    rows = db.session.execute(
+        sa.select(Member, Location)
+        .join(page, page.c.id == Member.id)
+        .outerjoin(Location, Location.id == Member.home_location_id)
+        .order_by(*_list_order(page.c))
+    ).all()
     more = len(rows) > limit
-    return MemberPage(rows[:limit], limit, offset, offset + limit if more else None)
+    rows = rows[:limit]
+    return MemberPage(
+        [member for member, _ in rows],
+        limit,
+        offset,
+        offset + limit if more else None,
+        locations=[location for _, location in rows if location is not None],
+    )
 
 
 def client_view(member: Member) -> dict[str, Any]:
@@ -120,27 +155,64 @@ def client_view(member: Member) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _search_condition(q: str):
-    text = " ".join(q.strip().lower().split())
-    if not text:
-        return None
+def _list_order(rows) -> tuple:
+    """The order of the list and of every search: last name, full name, id."""
+    return (rows.last_name_lower, rows.search_name, rows.id)
+
+
+def _arms(text: str) -> list:
+    """What the box matches, one condition per index: an email prefix when there is an @; phone
+    digits from the start or the end when there are only digits and separators; otherwise a
+    prefix of the full name ("first last"), of the last name or of the email. `text` is
+    lower-case with single spaces, as the searched columns are."""
     if "@" in text:
-        return Member.email_normalized.startswith(text, autoescape=True)
+        return [_starts_with(Member.email_normalized, text)]
     digits = phone_digits(text)
     if digits and not any(ch.isalpha() for ch in text):
         if len(digits) < 3:
             raise InvalidInput(
                 "Give at least 3 digits to search by phone.", errors={"q": ["too short"]}
             )
-        return sa.or_(
-            Member.phone_digits.startswith(digits, autoescape=True),
-            Member.phone_digits.endswith(digits, autoescape=True),
-        )
-    return sa.or_(
-        Member.search_name.startswith(text, autoescape=True),
-        Member.last_name_lower.startswith(text, autoescape=True),
-        Member.email_normalized.startswith(text, autoescape=True),
-    )
+        return [
+            _starts_with(Member.phone_digits, digits),
+            Member.phone_digits.endswith(digits, autoescape=True),  # trigram index
+        ]
+    return [
+        _starts_with(Member.search_name, text),
+        _starts_with(Member.last_name_lower, text),
+        _starts_with(Member.email_normalized, text),
+    ]
+
+
+def _starts_with(column, prefix: str):
+    """`column` starts with `prefix`, written as the range of strings that do: prefix <= value <
+    the prefix with its last character one higher, compared byte by byte (code point order).
+
+    Not `LIKE 'prefix%'`: PostgreSQL turns a LIKE into an index range only when it plans with
+    the pattern in hand, and the app's statements are prepared and may be planned once for any
+    pattern (a generic plan), which then reads whole indexes. A range of parameters is an index
+    range in every plan. On PostgreSQL the byte-order operators (~>=~, ~<~) match the pattern
+    operator class of the indexes; SQLite compares text byte by byte already. No character is a
+    wildcard here, so nothing needs escaping."""
+    postgres = db.session.get_bind(Member).dialect.name == "postgresql"
+    at_least, below = ("~>=~", "~<~") if postgres else (">=", "<")
+    condition = column.op(at_least, is_comparison=True)(prefix)
+    upper = _next_prefix(prefix)
+    if upper is None:  # the prefix is all U+10FFFF: nothing sorts after it
+        return condition
+    return sa.and_(condition, column.op(below, is_comparison=True)(upper))
+
+
+def _next_prefix(prefix: str) -> str | None:
+    """The first string after every string that starts with `prefix`, in code point order."""
+    while prefix and prefix[-1] == "\U0010ffff":
+        prefix = prefix[:-1]
+    if not prefix:
+        return None
+    code = ord(prefix[-1]) + 1
+    if 0xD800 <= code <= 0xDFFF:  # surrogates are not characters (nor storable): skip them
+        code = 0xE000
+    return prefix[:-1] + chr(code)
 
 
 def _checked(data: Mapping[str, Any], *, today: date) -> dict[str, Any]:
