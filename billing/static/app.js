@@ -30,8 +30,12 @@
     input.addEventListener("input", function () {
       window.clearTimeout(timer);
       timer = window.setTimeout(function () {
-        var ticket = ++latest;
         var q = input.value.trim();
+        // One letter or a few digits match half the clinic: wait for a second letter or a
+        // fourth digit before asking (the search then reads a few rows, not thousands).
+        var phoneLike = /^[0-9+()\s.-]+$/.test(q);
+        if (q && (phoneLike ? q.replace(/[^0-9]/g, "").length < 4 : q.length < 2)) { return; }
+        var ticket = ++latest;
         fetchFragment(url + "?q=" + encodeURIComponent(q)).then(function (html) {
           if (ticket !== latest) { return; } // an older answer arrived late
           target.innerHTML = html; // server-rendered with Jinja autoescape
