@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -363,11 +364,17 @@ def faulty_app():
     app = create_app()
     percent = int(os.environ.get("BENCH_FAIL_FIRST_PERCENT", "0"))
     inner = app.wsgi_app
-    first_attempt: set[str] = set()  # this request's event, when it is a first delivery
+    local = threading.local()  # gthread workers run several requests at once
+
+    def first_attempt() -> set[str]:
+        """This request's event, when it is a first delivery (per thread)."""
+        if not hasattr(local, "ids"):
+            local.ids = set()
+        return local.ids
 
     def failing(handler):
         def wrapped(obj, ctx):
-            if ctx.event_id in first_attempt:
+            if ctx.event_id in first_attempt():
                 raise RuntimeError(f"injected handler failure for {ctx.event_id}")
             return handler(obj, ctx)
 
@@ -377,7 +384,7 @@ def faulty_app():
         handlers.HANDLERS[name] = failing(handler)
 
     def wsgi(environ, start_response):
-        first_attempt.clear()
+        first_attempt().clear()
         if not percent or environ.get("HTTP_X_TEST_ATTEMPT") != "1":
             return inner(environ, start_response)
         length = int(environ.get("CONTENT_LENGTH") or 0)
@@ -400,7 +407,7 @@ def faulty_app():
             start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
             return [b"injected: the response was lost"]
         if mode == 2:
-            first_attempt.add(event_id)
+            first_attempt().add(event_id)
         return inner(environ, start_response)
 
     app.wsgi_app = wsgi

@@ -6,6 +6,7 @@ a JSON body nested absurdly deep is refused before anything walks it."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -51,8 +52,12 @@ def _numbers(value: Any) -> Iterator[int]:
             yield from _numbers(item)
 
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
 def unstorable(text: str) -> bool:
-    return "\x00" in text or any("\ud800" <= ch <= "\udfff" for ch in text)
+    """NUL (PostgreSQL text cannot hold it) or a lone surrogate (not UTF-8)."""
+    return _UNSTORABLE.search(text) is not None
 
 
 def check_request() -> None:

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.orm import joinedload, selectinload
 
 from billing.entitlements import service as ledger
 from billing.errors import DomainError
@@ -34,7 +35,7 @@ from billing.memberships.models import Membership, State
 from billing.money import net_of_tax
 from billing.payments import service as payments
 from billing.payments.service import InvoiceFacts
-from billing.plans.models import PlanVersion
+from billing.plans.models import PlanItem, PlanItemOption, PlanVersion
 from billing.settings import ClinicSettings, clinic_settings
 from billing.stripe_sync.models import BillingProfile
 
@@ -230,21 +231,48 @@ def member_for_customer(customer_id: str | None, metadata: dict | None = None) -
     return None
 
 
+# What a handler reads of a membership, loaded in the statement that locks it (instead of a lazy
+# load each): its tier version; for a paid period also what a grant reads (the version's plan,
+# items, their treatments and choice options).
+WITH_VERSION = (joinedload(Membership.plan_version),)
+WITH_CATALOGUE = (
+    joinedload(Membership.plan_version).options(
+        joinedload(PlanVersion.plan),
+        selectinload(PlanVersion.items).options(
+            joinedload(PlanItem.treatment),
+            joinedload(PlanItem.options).joinedload(PlanItemOption.treatment),
+        ),
+    ),
+)
+
+
 def membership_for_subscription(
-    subscription_id: str | None, metadata: dict | None = None, customer_id: str | None = None
+    subscription_id: str | None,
+    metadata: dict | None = None,
+    customer_id: str | None = None,
+    *,
+    load=WITH_VERSION,
 ) -> Membership | None:
     """Ours by its recorded id, or (when a webhook outran the API response that would have
-    recorded it) by the membership id we put in the subscription's metadata."""
+    recorded it) by the membership id we put in the subscription's metadata.
+
+    The membership is locked for this transaction as it is read (the ledger's lock, which
+    record_paid_period would take anyway): two events for one subscription are applied one
+    after the other, each on what the other committed, so an older view cannot overwrite a
+    newer one that a concurrent delivery is applying."""
     if not subscription_id:
         return None
-    membership = db.session.execute(
-        sa.select(Membership).where(Membership.stripe_subscription_id == subscription_id)
-    ).scalar_one_or_none()
-    if membership is not None:
-        return membership
+    found = ledger.lock_selected(
+        sa.select(Membership)
+        .where(Membership.stripe_subscription_id == subscription_id)
+        .options(*load)
+    )
+    if found:
+        return found[0]
     membership_id = str((metadata or {}).get("membership_id") or "")
     if not membership_id.isdigit():
         return None
+    ledger.lock_memberships([int(membership_id)])
     membership = db.session.get(Membership, int(membership_id))
     if membership is None or membership.stripe_subscription_id not in (None, subscription_id):
         return None
@@ -255,19 +283,20 @@ def membership_for_subscription(
     return membership
 
 
-def _invoice_owner(invoice: dict) -> tuple[Membership | None, Member]:
+def _invoice_owner(invoice: dict, load=WITH_VERSION) -> tuple[Membership | None, int]:
+    """The membership an invoice is for (None for a one-off invoice), and its member's id."""
     sub_id = invoice_subscription_id(invoice)
     customer = _id(invoice.get("customer"))
     if sub_id:
         membership = membership_for_subscription(
-            sub_id, _invoice_subscription_metadata(invoice), customer
+            sub_id, _invoice_subscription_metadata(invoice), customer, load=load
         )
         if membership is None:
             raise NeedsAttention(
                 f"Invoice {invoice['id']} is for subscription {sub_id}, which is not one of "
                 "our memberships."
             )
-        return membership, membership.member
+        return membership, membership.member_id
     member = member_for_customer(customer)
     if member is None:
         raise NeedsAttention(
@@ -280,11 +309,11 @@ def _invoice_owner(invoice: dict) -> tuple[Membership | None, Member]:
         candidate = db.session.get(Membership, int(meta_id))
         if candidate is not None and candidate.member_id == member.id:
             membership = candidate
-    return membership, member
+    return membership, member.id
 
 
-def _store_invoice(invoice: dict, ctx: Context):
-    membership, member = _invoice_owner(invoice)
+def _store_invoice(invoice: dict, ctx: Context, load=WITH_VERSION):
+    membership, member_id = _invoice_owner(invoice, load)
     has_sub = invoice_subscription_id(invoice) is not None
     version = membership.plan_version if membership is not None and has_sub else None
     facts = invoice_facts(
@@ -292,7 +321,7 @@ def _store_invoice(invoice: dict, ctx: Context):
     )
     row, changed = payments.upsert_invoice(
         facts,
-        member_id=member.id,
+        member_id=member_id,
         membership_id=membership.id if membership else None,
         now=ctx.now,
     )
@@ -304,7 +333,7 @@ def _store_invoice(invoice: dict, ctx: Context):
 
 
 def on_invoice_paid(invoice: dict, ctx: Context) -> str | None:
-    facts, row, changed, membership = _store_invoice(invoice, ctx)
+    facts, row, changed, membership = _store_invoice(invoice, ctx, WITH_CATALOGUE)
     if row.status != "paid":
         raise Skip(f"invoice {row.stripe_invoice_id} is {row.status}, not paid")
     done = []
@@ -422,6 +451,12 @@ def on_subscription_changed(sub: dict, ctx: Context) -> str | None:
     )
     if membership is None:
         raise NeedsAttention(f"Subscription {sub['id']} is not one of our memberships.")
+    return _apply_subscription(membership, sub, ctx)
+
+
+def _apply_subscription(membership: Membership, sub: dict, ctx: Context) -> str | None:
+    """Bring a (locked) membership to this view of its subscription, unless a newer view was
+    applied already."""
     if ctx.state_at and membership.stripe_state_at and ctx.state_at < membership.stripe_state_at:
         raise Skip(
             f"this view of {sub['id']} ({ctx.state_at.isoformat()}) is older than the one "
@@ -450,20 +485,16 @@ def _catch_up_subscription(membership: Membership, ctx: Context) -> str | None:
     the newest view of the subscription we received is applied again."""
     from billing.stripe_sync.models import StripeEvent
 
-    latest = (
-        db.session.execute(
-            sa.select(StripeEvent)
-            .where(
-                StripeEvent.object_id == membership.stripe_subscription_id,
-                StripeEvent.type.like("customer.subscription.%"),
-                StripeEvent.id != (ctx.event_id or ""),
-            )
-            .order_by(StripeEvent.stripe_created.desc(), StripeEvent.received_at.desc())
-            .limit(1)
+    latest = db.session.execute(
+        sa.select(StripeEvent.id, StripeEvent.stripe_created, StripeEvent.payload)
+        .where(
+            StripeEvent.object_id == membership.stripe_subscription_id,
+            StripeEvent.type.like("customer.subscription.%"),
+            StripeEvent.id != (ctx.event_id or ""),
         )
-        .scalars()
-        .first()
-    )
+        .order_by(StripeEvent.stripe_created.desc(), StripeEvent.received_at.desc())
+        .limit(1)
+    ).first()
     if latest is None:
         return None
     again = Context(
@@ -475,7 +506,9 @@ def _catch_up_subscription(membership: Membership, ctx: Context) -> str | None:
     )
     try:
         with db.session.begin_nested():
-            return on_subscription_changed(latest.payload["data"]["object"], again)
+            # The same subscription (the events are found by its id), so the same membership,
+            # which this transaction has locked already.
+            return _apply_subscription(membership, latest.payload["data"]["object"], again)
     except Skip:
         return None
     except (NeedsAttention, DomainError) as exc:
@@ -541,16 +574,14 @@ def _move(membership: Membership, target: State, sub: dict, ctx: Context) -> Non
 
 def _follow_price(membership: Membership, sub: dict, ctx: Context) -> str | None:
     price = subscription_price_id(sub)
-    if not price:
-        return None
+    if not price or price == membership.plan_version.stripe_price_id:
+        return None  # (a version has a price of its own: the same price, the same version)
     wanted = (
         db.session.execute(sa.select(PlanVersion).where(PlanVersion.stripe_price_id == price))
         .scalars()
         .first()
     )
     if wanted is None:
-        if price == membership.plan_version.stripe_price_id:
-            return None
         raise NeedsAttention(f"Subscription {sub['id']} is on price {price}, not in our catalogue.")
     if wanted.id in (membership.plan_version_id, membership.pending_plan_version_id):
         return None

@@ -1,9 +1,12 @@
 """Stripe's side of the membership: webhooks in, and the member's actions out.
 
-Webhooks: verified, stored (StripeEvent, unique by id) BEFORE anything is done, then processed
-in one transaction by the handler table (handlers.py). A duplicate is answered 200 and nothing
-more; a handler that raises leaves the event "failed" with its error and traceback (Stripe
-retries it, `flask billing stripe replay` reprocesses it).
+Webhooks: verified, then stored (StripeEvent, unique by id) before anything is done, and acted
+on by the handler table (handlers.py) in the same transaction: the new row is the lock that
+makes a second delivery of the event wait and then find it done, and the event is kept with what
+came of it, or not at all (a crash before the commit: Stripe, having had no answer, delivers it
+again). A duplicate is answered 200 and nothing more (one statement); a handler that raises
+leaves the event "failed" with its error and traceback (its savepoint is rolled back, the event
+row is kept; Stripe retries it, `flask billing stripe replay` reprocesses it).
 
 Actions (subscribe, pause, resume, cancel, change_tier, update_card, refund_invoice) mirror
 billing.memberships.service: each checks the membership's rules first (a dry run that writes
@@ -23,7 +26,8 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 import stripe
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from billing.errors import Conflict, DomainError, InvalidInput, NotFound, ServiceUnavailable
 from billing.extensions import db
@@ -64,7 +68,11 @@ def receive_webhook(
     payload: bytes, signature: str | None, *, secret: str | None, tolerance: int, now: datetime
 ) -> Receipt:
     """Verify, store, then process one delivery. A bad signature, a stale timestamp or a body
-    that is not an event is a BadWebhook (400) and nothing is recorded."""
+    that is not an event is a BadWebhook (400) and nothing is recorded.
+
+    A new event is stored and acted on in one transaction: its row, inserted first, is the lock
+    that makes a concurrent delivery of the same event wait, then find it done. A duplicate of
+    an event already done costs one statement and writes nothing."""
     if not secret:
         raise ServiceUnavailable(
             "Stripe webhooks are not configured: set STRIPE_WEBHOOK_SECRET.",
@@ -84,10 +92,22 @@ def receive_webhook(
     except ValueError:
         raise BadWebhook("The body is not JSON.", slug="not-json") from None
     _check_event(event)
-    row, created = _store(event, now)
-    if not created and row.status in DONE:
-        return Receipt(row.id, row.type, row.status, duplicate=True, outcome=row.outcome)
-    return process(row.id, now=now)
+    stored = _store(event, now, payload)
+    if stored is None:  # new: this transaction holds its row
+        return _act(
+            event["id"],
+            event["type"],
+            event["data"]["object"],
+            state_at=datetime.fromtimestamp(event["created"], UTC),
+            attempts=1,
+            now=now,
+        )
+    db.session.rollback()  # ends the read; nothing was written
+    if stored.status in DONE:
+        return Receipt(
+            stored.id, stored.type, stored.status, duplicate=True, outcome=stored.outcome
+        )
+    return process(event["id"], now=now)  # failed before (or left received): act again
 
 
 def _check_event(event) -> None:
@@ -105,66 +125,161 @@ def _check_event(event) -> None:
         )
 
 
-def _store(event: dict, now: datetime) -> tuple[StripeEvent, bool]:
-    """Keep the verified event before acting on it; the id's unique key settles a race
-    between two deliveries of the same event."""
-    existing = db.session.get(StripeEvent, event["id"])
-    if existing is not None:
-        return existing, False
-    row = StripeEvent(
-        id=event["id"],
-        type=event["type"],
-        object_id=str(event["data"]["object"].get("id") or "")[:255] or None,
-        stripe_created=datetime.fromtimestamp(event["created"], UTC),
-        livemode=bool(event.get("livemode")),
-        payload=event,
-        status=EventStatus.RECEIVED,
-        attempts=0,
-        received_at=now,
+_EVENTS = StripeEvent.__table__
+_SEEN = (_EVENTS.c.id, _EVENTS.c.type, _EVENTS.c.status, _EVENTS.c.outcome, _EVENTS.c.attempts)
+_NEW_EVENT = {
+    column: sa.bindparam(column, type_=_EVENTS.c[column].type)
+    for column in (
+        "id",
+        "type",
+        "object_id",
+        "stripe_created",
+        "livemode",
+        "status",
+        "attempts",
+        "received_at",
+        "last_attempt_at",
     )
-    db.session.add(row)
-    try:
-        db.session.commit()
-    except IntegrityError:
-        db.session.rollback()
-        return db.session.get(StripeEvent, event["id"]), False
-    return row, True
+}
+
+
+def _store_statement_pg() -> sa.Select:
+    """INSERT ... ON CONFLICT DO NOTHING, and in the same statement the stored row when the id
+    was there already. The payload goes in as the text Stripe signed (cast to json), not
+    serialised again."""
+    inserted = (
+        pg_insert(_EVENTS)
+        .values(**_NEW_EVENT, payload=sa.cast(sa.bindparam("payload", type_=sa.Text), sa.JSON))
+        .on_conflict_do_nothing(index_elements=[_EVENTS.c.id])
+        .returning(_EVENTS.c.id)
+        .cte("inserted")
+    )
+    return (
+        sa.select(sa.literal(True).label("created"), *[sa.null().label(c.name) for c in _SEEN])
+        .select_from(inserted)
+        .union_all(
+            sa.select(sa.literal(False), *_SEEN).where(
+                _EVENTS.c.id == sa.bindparam("id"), ~sa.exists(sa.select(inserted.c.id))
+            )
+        )
+    )
+
+
+# Built once: building a statement costs more than executing a cached one.
+_STORE_PG = _store_statement_pg()
+_STORE_OTHER = (
+    sqlite_insert(_EVENTS)
+    .values(**_NEW_EVENT, payload=sa.bindparam("payload", type_=_EVENTS.c.payload.type))
+    .on_conflict_do_nothing()
+    .returning(_EVENTS.c.id)
+)
+_STORED = sa.select(*_SEEN).where(_EVENTS.c.id == sa.bindparam("id"))
+_RECORD_FAILED = (
+    _EVENTS.update()
+    .where(_EVENTS.c.id == sa.bindparam("event_id"))
+    .values(
+        status=sa.bindparam("new_status"),
+        outcome=sa.bindparam("new_outcome"),
+        error=sa.bindparam("new_error"),
+        traceback=sa.bindparam("new_traceback"),
+        attempts=sa.bindparam("new_attempts"),
+        last_attempt_at=sa.bindparam("now", type_=_EVENTS.c.last_attempt_at.type),
+    )
+)
+_RECORD_DONE = _RECORD_FAILED.values(
+    processed_at=sa.bindparam("now", type_=_EVENTS.c.processed_at.type)
+)
+
+
+def _store(event: dict, now: datetime, payload: bytes | None = None) -> sa.Row | None:
+    """Keep the verified event before acting on it: None when this delivery stored it (the
+    transaction holds the new row until it commits), else the stored event's (id, type, status,
+    outcome, attempts).
+
+    One statement on PostgreSQL: the insert and, when the id is already there, the stored
+    row's status. A delivery racing with another of the same event waits on the id's unique key
+    until the other commits, then finds it stored."""
+    values = {
+        "id": event["id"],
+        "type": event["type"],
+        "object_id": str(event["data"]["object"].get("id") or "")[:255] or None,
+        "stripe_created": datetime.fromtimestamp(event["created"], UTC),
+        "livemode": bool(event.get("livemode")),
+        "status": EventStatus.RECEIVED,
+        "attempts": 1,
+        "received_at": now,
+        "last_attempt_at": now,
+    }
+    if db.session.get_bind().dialect.name == "postgresql":
+        text = payload.decode("utf-8-sig") if payload is not None else json.dumps(event)
+        found = db.session.execute(_STORE_PG, {**values, "payload": text}).first()
+        if found is not None:
+            return None if found.created else found
+    elif db.session.execute(_STORE_OTHER, {**values, "payload": event}).first() is not None:
+        return None
+    # Stored by a delivery that committed while this statement ran (or on SQLite): read it.
+    return db.session.execute(_STORED, {"id": event["id"]}).one()
 
 
 def process(event_id: str, *, now: datetime, force: bool = False) -> Receipt:
     """Act on a stored event in one transaction (under a lock on its row, so two deliveries
     never act at once). `force` reprocesses an event already done (replay)."""
-    row = db.session.get(StripeEvent, event_id, with_for_update=True, populate_existing=True)
+    row = db.session.execute(
+        sa.select(*_SEEN, _EVENTS.c.payload, _EVENTS.c.stripe_created)
+        .where(_EVENTS.c.id == event_id)
+        .with_for_update()
+    ).one_or_none()
     if row is None:
         raise NotFound(f"No Stripe event {event_id} was received.")
     if row.status in DONE and not force:
         db.session.rollback()
         return Receipt(row.id, row.type, row.status, duplicate=True, outcome=row.outcome)
-    row.attempts = (row.attempts or 0) + 1
-    row.last_attempt_at = now
-    db.session.flush()  # opens the write transaction before the savepoint (SQLite too)
-    ctx = handlers.Context(
-        actor=f"stripe:{row.id}",
-        now=now,
-        event_id=row.id,
+    attempts = (row.attempts or 0) + 1
+    # Opens the write transaction before the handler's savepoint (SQLite too).
+    db.session.execute(
+        _EVENTS.update()
+        .where(_EVENTS.c.id == event_id)
+        .values(attempts=attempts, last_attempt_at=now)
+    )
+    return _act(
+        row.id,
+        row.type,
+        row.payload["data"]["object"],
         state_at=row.stripe_created,
+        attempts=attempts,
+        now=now,
+    )
+
+
+def _act(
+    event_id: str, event_type: str, obj: dict, *, state_at: datetime, attempts: int, now: datetime
+) -> Receipt:
+    """Run the event's handler in a savepoint of the transaction that holds the event's row,
+    record what came of it on the row, commit."""
+    ctx = handlers.Context(
+        actor=f"stripe:{event_id}",
+        now=now,
+        event_id=event_id,
+        state_at=state_at,
         settings=clinic_settings(),
     )
-    status, outcome, error, trace = _run(lambda: handlers.apply(row.type, _object(row), ctx))
-    row.status = status
-    row.outcome = outcome
-    row.error = error
-    row.traceback = trace
-    if status != EventStatus.FAILED:
-        row.processed_at = now
+    status, outcome, error, trace = _run(lambda: handlers.apply(event_type, obj, ctx))
+    db.session.execute(
+        _RECORD_FAILED if status == EventStatus.FAILED else _RECORD_DONE,
+        {
+            "event_id": event_id,
+            "new_status": status,
+            "new_outcome": outcome,
+            "new_error": error,
+            "new_traceback": trace,
+            "new_attempts": attempts,
+            "now": now,
+        },
+    )
     db.session.commit()
     if status == EventStatus.FAILED:
-        log.error("Stripe event %s (%s) failed: %s", row.id, row.type, error)
-    return Receipt(row.id, row.type, status, outcome=outcome, error=error)
-
-
-def _object(row: StripeEvent) -> dict:
-    return row.payload["data"]["object"]
+        log.error("Stripe event %s (%s) failed: %s", event_id, event_type, error)
+    return Receipt(event_id, event_type, status, outcome=outcome, error=error)
 
 
 def _run(action: Callable[[], str | None]) -> tuple[str, str | None, str | None, str | None]:
