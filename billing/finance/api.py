@@ -14,7 +14,7 @@ from billing import clock
 from billing.auth.access import requires
 from billing.errors import InvalidInput, NotFound
 from billing.finance import journals, metrics
-from billing.finance.exports import EXPORTS, Export, csv_chunks
+from billing.finance.exports import EXPORTS, Export, export_csv
 from billing.finance.recognition import finance_settings, resolve_scope
 from billing.finance.schemas import ExportQuerySchema, SummaryQuerySchema, SummarySchema
 
@@ -85,7 +85,7 @@ class ExportView(MethodView):
         if export.name == "revenue-journal":
             return _journal_response(scope, query["format"], query["part"])
         filename = f"{name}_{scope.date_from.isoformat()}_{scope.date_to.isoformat()}.csv"
-        body = stream_with_context(csv_chunks(export.rows(scope)))
+        body = stream_with_context(export_csv(export, scope))
         return _attachment(body, filename, "text/csv")
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from billing.finance.exports import EXPORTS, csv_chunks
+from billing.finance.exports import EXPORTS, csv_chunks, export_csv
 
 
 @click.command("export")
@@ -40,17 +40,21 @@ def export_command(name, date_from, date_to, fmt, location, tier, output) -> Non
         if name == "revenue-journal":
             _write_journal(journals.journal_files(scope, fmt), output)
             return
-        rows = export.rows(scope)
         if output is None:
-            for chunk in csv_chunks(rows):
+            for chunk in export_csv(export, scope):
                 click.echo(chunk, nl=False)
             return
-        with output.open("w", encoding="utf-8", newline="") as handle:
-            if sys.stdout.isatty():
-                with click.progressbar(rows, label=f"Exporting {name}") as bar:
-                    _write(handle, bar)
-            else:
-                _write(handle, rows)
+        if sys.stdout.isatty():  # a progress bar counts rows: Python writes them
+            rows = export.rows(scope)
+            with (
+                output.open("w", encoding="utf-8", newline="") as handle,
+                click.progressbar(rows, label=f"Exporting {name}") as bar,
+            ):
+                _write(handle, bar)
+        else:  # the same bytes, by the database where it can (exports.export_csv)
+            with output.open("wb") as handle:
+                for chunk in export_csv(export, scope):
+                    handle.write(chunk)
     except DomainError as exc:
         raise click.ClickException(exc.detail) from None
     click.echo(f"Wrote {output}", err=True)

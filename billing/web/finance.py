@@ -28,7 +28,7 @@ from billing.entitlements.models import EntryKind, LedgerEntry
 from billing.errors import DomainError, InvalidInput, NotFound
 from billing.extensions import db
 from billing.finance import journals, metrics
-from billing.finance.exports import EXPORTS, Export, csv_chunks
+from billing.finance.exports import EXPORTS, Export, export_csv
 from billing.finance.recognition import Scope, finance_settings, resolve_scope
 from billing.web import svg, web_blueprint
 from billing.web.present import money
@@ -191,5 +191,5 @@ def download(name: str):
             for filename, rows in files:
                 archive.writestr(filename, journals.to_csv_text(rows))
         return _attachment(buffer.getvalue(), f"{stem}_{fmt}.zip", "application/zip")
-    body = stream_with_context(csv_chunks(export.rows(scope)))
+    body = stream_with_context(export_csv(export, scope))
     return _attachment(body, f"{stem}.csv", "text/csv")
