@@ -388,6 +388,15 @@ def run(args) -> dict:
                 timeout_s=args.seconds + 120,
             )
             runs.append(paced)
+            lighter = []  # the same desks at lower rates: what the latency is below saturation
+            for n, rate in enumerate(args.also_rate):
+                out = common.run_driver(
+                    __file__,
+                    {**base, "seed": args.seed + 10 + n, "seconds": args.seconds, "rate": rate},
+                    timeout_s=args.seconds + 120,
+                )
+                runs.append(out)
+                lighter.append({"rate": rate, **_summary(out)})
             server_log = server.log_tail(2000)
         redeemed = [line for r in runs for line in r["redeemed"]] + sample_lines
         voided = [line for r in runs for line in r["voided"]] + [line for _v, line in sample_lines]
@@ -403,6 +412,7 @@ def run(args) -> dict:
         concurrency=args.concurrency,
         rate=args.rate,
         paced=paced_s,
+        paced_lower_rates=lighter,
         saturation=sat_s,
         errors=paced_s["errors"] + sat_s["errors"],
         audit=checks,
@@ -432,6 +442,19 @@ def report(result: dict) -> None:
             ("  redeem p99 ms", lat["p99"]),
             ("  every request p95 ms", paced["all_requests_latency_ms"]["p95"]),
             ("  started late (desk still busy)", paced["late_starts"]),
+            *[
+                row
+                for more in result["paced_lower_rates"]
+                for row in (
+                    (
+                        f"paced: {more['rate']:g}/s offered, redemptions/s",
+                        more["redemptions_per_s"],
+                    ),
+                    ("  redeem p50 ms", more["redeem_latency_ms"]["p50"]),
+                    ("  redeem p95 ms", more["redeem_latency_ms"]["p95"]),
+                    ("  redeem p99 ms", more["redeem_latency_ms"]["p99"]),
+                )
+            ],
             ("saturation (back to back): redemptions/s", sat["redemptions_per_s"]),
             ("  all requests/s (redeem, retry, void)", sat["requests_per_s"]),
             ("  redeem p95 ms", sat["redeem_latency_ms"]["p95"]),
@@ -467,6 +490,13 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--seconds", type=float, default=30, help="the paced run")
     parser.add_argument("--rate", type=float, default=300, help="redemptions/s offered (paced)")
     parser.add_argument("--saturation-seconds", type=float, default=15)
+    parser.add_argument(
+        "--also-rate",
+        type=float,
+        nargs="*",
+        default=[150, 100],
+        help="paced runs at these lower rates too (latency below saturation)",
+    )
     parser.add_argument("--pgbench-seconds", type=int, default=15)
     parser.add_argument("--threads", type=int, default=4, help="gthread threads per worker")
     parser.add_argument("--void-share", type=float, default=0.1)

@@ -100,7 +100,13 @@ def markdown(results: dict, meta: dict, quick: bool) -> str:
             f"| redeem_load | {r['members']:,} members, {r['concurrency']} desks, paced "
             f"{r['rate']:g}/s for {paced['seconds']} s, saturation {sat['seconds']} s "
             f"| paced: {paced['redemptions_per_s']} redemptions/s, p50 {lat['p50']} / p95 "
-            f"{lat['p95']} / p99 {lat['p99']} ms; saturation: {sat['redemptions_per_s']}/s; "
+            f"{lat['p95']} / p99 {lat['p99']} ms; "
+            + "".join(
+                f"at {m['rate']:g}/s: p50 {m['redeem_latency_ms']['p50']} / p95 "
+                f"{m['redeem_latency_ms']['p95']} ms; "
+                for m in r.get("paced_lower_rates", [])
+            )
+            + f"saturation: {sat['redemptions_per_s']}/s; "
             f"{r['errors']} errors, {r['audit']['double_redemptions']} double redemptions "
             f"| pgbench {r['pgbench']['tps']} tps, p95 {r['pgbench']['latency_ms']['p95']} ms "
             f"| saturation {r['ratio_saturation_vs_pgbench']} of tps; p95 "
