@@ -445,11 +445,13 @@ def seed_stripe_members(n: int) -> dict[str, Any]:
     )
     from billing.members.models import Member
 
-    customers = dict(
-        db.session.execute(
-            sa.select(Member.id, Member.stripe_customer_id).where(Member.id.in_(member_ids))
+    customers = {
+        mid: customer
+        for part in in_batches(member_ids)
+        for mid, customer in db.session.execute(
+            sa.select(Member.id, Member.stripe_customer_id).where(Member.id.in_(part))
         ).all()
-    )
+    }
     db.session.remove()
     pairs = [(customers[mid], subscription_for(customers[mid])) for mid in member_ids]
     return {"member_ids": member_ids, "membership_ids": membership_ids, "pairs": pairs}
@@ -892,6 +894,13 @@ def member_rows(n: int, *, start: int = 0, seed: int = 7) -> list[dict[str, Any]
     return rows
 
 
+def in_batches(ids, size: int = 30_000) -> Iterator[list[int]]:
+    """Ids in lists a statement can take (PostgreSQL allows 65,535 parameters a statement)."""
+    ids = list(ids)
+    for i in range(0, len(ids), size):
+        yield ids[i : i + size]
+
+
 def bulk_insert(conn, table: sa.Table, rows: list[dict[str, Any]], *, batch: int = 5000) -> None:
     for i in range(0, len(rows), batch):
         conn.execute(table.insert(), rows[i : i + batch])
@@ -1004,11 +1013,13 @@ def seed_memberships(
     from billing.members.models import Member
     from billing.memberships.models import Membership
 
-    customers = dict(
-        db.session.execute(
-            sa.select(Member.id, Member.stripe_customer_id).where(Member.id.in_(list(member_ids)))
+    customers = {
+        mid: customer
+        for part in in_batches(member_ids)
+        for mid, customer in db.session.execute(
+            sa.select(Member.id, Member.stripe_customer_id).where(Member.id.in_(part))
         ).all()
-    )
+    }
     db.session.rollback()
     rows = [
         {
@@ -1057,9 +1068,8 @@ def grant_rows_bulk(
     settings = clinic_settings()
     versions = {
         m.id: m.plan_version
-        for m in db.session.execute(
-            sa.select(Membership).where(Membership.id.in_(list(membership_ids)))
-        ).scalars()
+        for part in in_batches(membership_ids)
+        for m in db.session.execute(sa.select(Membership).where(Membership.id.in_(part))).scalars()
     }
     plans: dict[int, tuple] = {}
     for version in set(versions.values()):
