@@ -32,6 +32,8 @@ if str(ROOT) not in sys.path:  # `python bench/x.py` puts bench/ on the path, no
 
 import sqlalchemy as sa  # noqa: E402
 
+from bench import loadgen  # noqa: E402
+
 VENV_BIN = Path(sys.executable).parent
 DEFAULT_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 WEBHOOK_SECRET = "whsec_test_secret"  # TestingConfig's, so tests/stripe_fixtures signs for it
@@ -657,7 +659,12 @@ def machine() -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------
 # The load generator: the same script re-run in its own process (so it does not share a GIL or
-# the seeding process's memory with anything), driving asyncio + httpx.
+# the seeding process's memory with anything), driving bench/loadgen.py (the search bench:
+# asyncio + httpx, its desks pause between searches).
+
+
+# One recorder for every load generator here (bench/loadgen.py's).
+Recorder = loadgen.Recorder
 
 
 def run_driver(script: str, plan: dict[str, Any], timeout_s: float) -> dict[str, Any]:
@@ -677,34 +684,6 @@ def run_driver(script: str, plan: dict[str, Any], timeout_s: float) -> dict[str,
                 f"load generator failed ({completed.returncode}):\n{completed.stderr[-4000:]}"
             )
         return json.loads(out_path.read_text())
-
-
-@dataclass
-class Recorder:
-    """Latencies and outcomes of one load run."""
-
-    latencies: dict[str, list[float]] = field(default_factory=dict)
-    statuses: dict[str, dict[str, int]] = field(default_factory=dict)
-    errors: list[str] = field(default_factory=list)
-    started: float = 0.0
-    finished: float = 0.0
-
-    def record(self, name: str, seconds: float, status: int | str) -> None:
-        self.latencies.setdefault(name, []).append(seconds)
-        counts = self.statuses.setdefault(name, {})
-        counts[str(status)] = counts.get(str(status), 0) + 1
-
-    def error(self, text: str) -> None:
-        if len(self.errors) < 50:
-            self.errors.append(text[:500])
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "latencies": self.latencies,
-            "statuses": self.statuses,
-            "errors": self.errors,
-            "elapsed": self.finished - self.started,
-        }
 
 
 async def drive(
@@ -740,24 +719,6 @@ def async_client(base_url: str, concurrency: int, headers: dict[str, str] | None
         timeout=httpx.Timeout(30.0),
         limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
     )
-
-
-async def hammer_get(
-    base_url: str, path: str, *, concurrency: int, seconds: float, headers=None
-) -> Recorder:
-    """GET one path from `concurrency` clients for `seconds`: the plain-endpoint baseline."""
-    async with async_client(base_url, concurrency, headers) as client:
-
-        async def worker(i: int, rec: Recorder, deadline: float) -> None:
-            while time.monotonic() < deadline:
-                t0 = time.perf_counter()
-                try:
-                    r = await client.get(path)
-                    rec.record("get", time.perf_counter() - t0, r.status_code)
-                except Exception as exc:  # a benchmark counts failures, it does not stop
-                    rec.record("get", time.perf_counter() - t0, type(exc).__name__)
-
-        return await drive(concurrency, worker, seconds=seconds)
 
 
 # ---------------------------------------------------------------------------------------------
