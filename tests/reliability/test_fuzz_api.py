@@ -135,6 +135,18 @@ def world(app, clock):
     db.session.commit()
 
 
+def _stripe_not_configured(app, response) -> bool:
+    """The one 5xx that is a promise, not a failure: without STRIPE_API_KEY (as here) the
+    operations that need Stripe answer 503 `stripe-not-configured` and do nothing."""
+    if response.status_code != 503 or app.config.get("STRIPE_API_KEY"):
+        return False
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and str(body.get("type", "")).endswith("/stripe-not-configured")
+
+
 def _fuzz(app, headers: dict, label: str, examples: int) -> None:
     loaded = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", app)
     operation = next(r.ok() for r in loaded.get_all_operations() if r.ok().label == label)
@@ -156,7 +168,8 @@ def _fuzz(app, headers: dict, label: str, examples: int) -> None:
             reject()
         response = case.call(headers=headers)
         try:
-            case.validate_response(response, checks=CHECKS)
+            if not _stripe_not_configured(app, response):
+                case.validate_response(response, checks=CHECKS)
         finally:
             db.session.rollback()  # whatever the request left in this thread's session
 
