@@ -339,19 +339,10 @@ def redeem(member_id: int):
     except ValueError:
         quantity = 0
     session["desk_provider"] = provider_id
-    visit = _open_visit_of(member_id)
     try:
-        if visit is None:
-            visit = checkout.open_visit(
-                member_id=member_id,
-                location=_desk_location().code,
-                supervising_staff_id=None,
-                actor=_actor(),
-                now=clock.now(),
-                settings=clinic_settings(),
-            )
-        line = checkout.add_line(
-            visit.id,
+        line = checkout.redeem_at_desk(
+            member_id=member_id,
+            location=_desk_location().code,
             treatment=code,
             provider_id=provider_id,
             quantity=quantity,
