@@ -31,6 +31,7 @@ from billing.finance.recognition import (
     HomeLocation,
     Scope,
     apply_filters,
+    credit_context,
     effective_at,
     entry_kind,
     home_code,
@@ -1166,37 +1167,33 @@ def _pg_credit_ledger(scope: Scope) -> sa.Select:
     )
     f = folded.c
     joined = (
-        sa.select(
-            f,
-            Member.id.label("member_id"),
-            Member.first_name,
-            Member.last_name,
-            Membership.id.label("membership_id"),
-            CreditGrant.invoice_id,
-            Invoice.stripe_invoice_id,
-            Treatment.name.label("treatment"),
-            PlanItem.label.label("item_label"),
-            Credit.product_type,
-            Plan.code.label("tier"),
-            Credit.unit_label,
-            Credit.quantity,
-            Credit.ssp_unit_minor,
-            Credit.allocated_minor,
-            Credit.currency,
-            Credit.created_at,
-            sa.cast(Visit.id, sa.Text).label("visit"),
-            VisitLocation.code.label("location"),
-            Staff.name.label("provider"),
-            HomeLocation.code.label("home"),
+        credit_context(
+            sa.select(
+                f,
+                Member.id.label("member_id"),
+                Member.first_name,
+                Member.last_name,
+                Membership.id.label("membership_id"),
+                CreditGrant.invoice_id,
+                Invoice.stripe_invoice_id,
+                Treatment.name.label("treatment"),
+                PlanItem.label.label("item_label"),
+                Credit.product_type,
+                Plan.code.label("tier"),
+                Credit.unit_label,
+                Credit.quantity,
+                Credit.ssp_unit_minor,
+                Credit.allocated_minor,
+                Credit.currency,
+                Credit.created_at,
+                sa.cast(Visit.id, sa.Text).label("visit"),
+                VisitLocation.code.label("location"),
+                Staff.name.label("provider"),
+                HomeLocation.code.label("home"),
+            )
+            .select_from(folded)
+            .join(Credit, Credit.id == f.credit_id)
         )
-        .select_from(folded)
-        .join(Credit, Credit.id == f.credit_id)
-        .join(CreditGrant, Credit.grant_id == CreditGrant.id)
-        .join(PlanVersion, CreditGrant.plan_version_id == PlanVersion.id)
-        .join(Plan, PlanVersion.plan_id == Plan.id)
-        .join(Membership, Credit.membership_id == Membership.id)
-        .join(Member, Membership.member_id == Member.id)
-        .outerjoin(HomeLocation, Member.home_location_id == HomeLocation.id)
         .outerjoin(Invoice, CreditGrant.invoice_id == Invoice.id)
         .outerjoin(Treatment, Credit.treatment_id == Treatment.id)
         .outerjoin(PlanItem, Credit.plan_item_id == PlanItem.id)

@@ -325,11 +325,18 @@ def effective_at():
 
 def ledger_joined(*columns) -> sa.Select:
     """SELECT columns FROM the ledger joined to its credit, grant, plan and member's home."""
-    return (
+    return credit_context(
         sa.select(*columns)
         .select_from(LedgerEntry)
         .join(Credit, LedgerEntry.credit_id == Credit.id)
-        .join(CreditGrant, Credit.grant_id == CreditGrant.id)
+    )
+
+
+def credit_context(query: sa.Select) -> sa.Select:
+    """A query that has the credit, joined to its grant, plan, membership, member and the
+    member's home location (what the filters and the exports' columns need)."""
+    return (
+        query.join(CreditGrant, Credit.grant_id == CreditGrant.id)
         .join(PlanVersion, CreditGrant.plan_version_id == PlanVersion.id)
         .join(Plan, PlanVersion.plan_id == Plan.id)
         .join(Membership, Credit.membership_id == Membership.id)
