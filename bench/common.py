@@ -6,7 +6,6 @@ Nothing here sends traffic anywhere but 127.0.0.1, and every loop is bounded in 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -20,7 +19,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -659,8 +658,7 @@ def machine() -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------
 # The load generator: the same script re-run in its own process (so it does not share a GIL or
-# the seeding process's memory with anything), driving bench/loadgen.py (the search bench:
-# asyncio + httpx, its desks pause between searches).
+# the seeding process's memory with anything), driving bench/loadgen.py.
 
 
 # One recorder for every load generator here (bench/loadgen.py's).
@@ -684,41 +682,6 @@ def run_driver(script: str, plan: dict[str, Any], timeout_s: float) -> dict[str,
                 f"load generator failed ({completed.returncode}):\n{completed.stderr[-4000:]}"
             )
         return json.loads(out_path.read_text())
-
-
-async def drive(
-    workers: int,
-    worker: Callable[[int, Recorder, float], Any],
-    *,
-    seconds: float,
-) -> Recorder:
-    """Run `workers` copies of `worker(index, recorder, deadline)` until they finish or the
-    deadline (monotonic) passes; a worker must check the deadline itself."""
-    recorder = Recorder()
-    recorder.started = time.monotonic()
-    deadline = recorder.started + seconds
-    tasks = [asyncio.create_task(worker(i, recorder, deadline)) for i in range(workers)]
-    done, pending = await asyncio.wait(tasks, timeout=seconds + 30)
-    for task in pending:
-        task.cancel()
-    for task in done:
-        if task.exception() is not None:
-            recorder.error(f"worker crashed: {task.exception()!r}")
-    recorder.finished = time.monotonic()
-    return recorder
-
-
-def async_client(base_url: str, concurrency: int, headers: dict[str, str] | None = None):
-    import httpx
-
-    if not base_url.startswith(f"http://{HOST}:"):
-        raise ValueError("load goes to 127.0.0.1 only")
-    return httpx.AsyncClient(
-        base_url=base_url,
-        headers=headers or {},
-        timeout=httpx.Timeout(30.0),
-        limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
-    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ The queries are what a receptionist types: a first name, a last name, "first las
 an email, the start or the end of a phone number, in a fixed mix; the desk page searches as they
 type, so a few are first keystrokes (one letter; "+65 9", a number's country code and first
 digit, which starts every other number). Every member has a home location (the response carries
-it). The API is measured from a separate process (asyncio + httpx)
+it). The API is measured from a separate process (bench/loadgen.py)
 in two phases:
 
   desks       --concurrency desks, each searching, then pausing --think-ms (0.5x to 1.5x, at
@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import sqlalchemy as sa  # noqa: E402
 
-from bench import common  # noqa: E402
+from bench import common, loadgen  # noqa: E402
 
 PAGE = 20  # what the desk asks for: a typeahead's list
 LOCATIONS = ("orchard", "tampines", "jurong", "novena")
@@ -96,35 +96,36 @@ def queries(members: int, count: int = 300, seed: int = 11) -> list[tuple[str, s
 
 
 async def _drive(plan: dict) -> dict:
-    headers = common.bearer(plan["key"])
     pairs = plan["queries"]
     think_s = plan.get("think_ms", 0) / 1000
-    async with common.async_client(plan["base_url"], plan["concurrency"], headers) as client:
+    desks = plan["concurrency"]
+    nth = list(range(desks))  # desk i searches pairs i, i + desks, i + 2 * desks, ...
+    rhythm = [random.Random(i) for i in range(desks)]  # each desk its own, the same every run
+    started = [False] * desks
 
-        async def desk(i: int, rec: common.Recorder, deadline: float) -> None:
-            n = i
-            pause = random.Random(i)  # each desk its own rhythm, the same every run
-            if think_s:  # desks do not start in step
-                await asyncio.sleep(pause.uniform(0, think_s))
-            while time.monotonic() < deadline:
-                kind, q = pairs[n % len(pairs)]
-                n += plan["concurrency"]
-                t0 = time.perf_counter()
-                try:
-                    r = await client.get(f"/api/v1/members?q={quote(q)}&limit={PAGE}")
-                    dt = time.perf_counter() - t0
-                    status = r.status_code
-                    if status == 200 and not r.json()["items"]:
-                        status = "200-empty"
-                except Exception as exc:  # counted, never fatal
-                    dt = time.perf_counter() - t0
-                    status = type(exc).__name__
-                rec.record(kind, dt, status)
-                rec.record("all", dt, status)
-                if think_s:
-                    await asyncio.sleep(pause.uniform(0.5 * think_s, 1.5 * think_s))
+    async def step(i: int, conn: loadgen.Connection, rec: loadgen.Recorder, _due) -> None:
+        if think_s and not started[i]:  # desks do not start in step
+            started[i] = True
+            await asyncio.sleep(rhythm[i].uniform(0, think_s))
+        kind, q = pairs[nth[i] % len(pairs)]
+        nth[i] += desks
+        t0 = time.perf_counter()
+        try:
+            r = await conn.request("GET", f"/api/v1/members?q={quote(q)}&limit={PAGE}")
+            status = r.status
+            if status == 200 and not r.json()["items"]:
+                status = "200-empty"
+        except Exception as exc:  # counted, never fatal
+            status = type(exc).__name__
+        dt = time.perf_counter() - t0
+        rec.record(kind, dt, status)
+        rec.record("all", dt, status)
+        if think_s:
+            await asyncio.sleep(rhythm[i].uniform(0.5 * think_s, 1.5 * think_s))
 
-        rec = await common.drive(plan["concurrency"], desk, seconds=plan["seconds"])
+    rec = await loadgen.closed_loop(
+        desks, plan["base_url"], step, seconds=plan["seconds"], headers=common.bearer(plan["key"])
+    )
     return rec.as_dict()
 
 
