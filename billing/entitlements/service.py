@@ -149,7 +149,8 @@ def lock_selected(query: sa.Select, params: dict | None = None) -> list[Membersh
 def _locking(query: sa.Select) -> sa.Select:
     """The locking form of a (prebuilt, so cached by identity) query."""
     return (
-        query.order_by(Membership.id)
+        query.order_by(None)  # whatever order it had: locks are taken in id order
+        .order_by(Membership.id)
         .with_for_update(of=Membership)
         .execution_options(populate_existing=True)
     )
