@@ -19,6 +19,9 @@ class Config:
     SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
     MAX_CONTENT_LENGTH = int(_env("MAX_CONTENT_LENGTH", str(1024 * 1024)))
     JSON_SORT_KEYS = False
+    # How long a process trusts an API key it has verified (a statement saved per request);
+    # a key revoked elsewhere is refused here after at most this long. 0: check every time.
+    API_KEY_CACHE_SECONDS = float(_env("API_KEY_CACHE_SECONDS", "5"))
 
     # OpenAPI (flask-smorest)
     API_TITLE = "Med-spa membership billing"

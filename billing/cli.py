@@ -30,3 +30,18 @@ def create_key(role: str, name: str, member_id: int | None) -> None:
     click.echo(
         f"(key {row.id}, role {row.role}: store it now, it will not be shown again)", err=True
     )
+
+
+@keys_group.command("revoke")
+@click.argument("key_id", type=int)
+def revoke_key(key_id: int) -> None:
+    """Refuse a key from now on (other server processes within API_KEY_CACHE_SECONDS)."""
+    from billing import clock
+    from billing.auth.service import revoke_api_key
+    from billing.errors import DomainError
+
+    try:
+        row = revoke_api_key(key_id, now=clock.now())
+    except DomainError as exc:
+        raise click.ClickException(exc.detail) from None
+    click.echo(f"key {row.id} ({row.name}, {row.role}) revoked at {row.revoked_at.isoformat()}")

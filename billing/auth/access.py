@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-from flask import g, request
+from flask import current_app, g, request
 
 from billing.auth.models import Role
 from billing.auth.service import Principal, authenticate_key
@@ -36,7 +36,9 @@ def _from_request() -> Principal | None:
     elif request.headers.get("X-API-Key"):
         key = request.headers["X-API-Key"].strip()
     if key:
-        return authenticate_key(key)
+        return authenticate_key(
+            key, cache_seconds=current_app.config.get("API_KEY_CACHE_SECONDS", 0)
+        )
     loader = getattr(g, "session_principal_loader", None)
     return loader() if loader else None
 

@@ -73,3 +73,54 @@ def test_the_caller_is_worked_out_per_request_not_per_app_context(client, admin)
     inherit the previous request's caller."""
     assert client.get("/api/v1/plans", headers=admin).status_code == 200
     assert client.get("/api/v1/plans").status_code == 401
+
+
+def test_a_revoked_key_is_refused_at_once_and_stays_in_the_audit_trail(app, client, runner):
+    from billing.auth.models import ApiKey
+    from billing.auth.service import create_api_key
+    from billing.extensions import db
+
+    row, plaintext = create_api_key(name="front desk 2", role="staff")
+    headers = {"Authorization": f"Bearer {plaintext}"}
+    assert client.get("/api/v1/plans", headers=headers).status_code == 200  # now cached
+    result = runner.invoke(args=["billing", "keys", "revoke", str(row.id)])
+    assert result.exit_code == 0, result.output
+    assert "revoked" in result.output
+    response = client.get("/api/v1/plans", headers=headers)
+    assert response.status_code == 401
+    assert response.get_json()["detail"] == "That API key is not valid."
+    db.session.expire_all()
+    assert db.session.get(ApiKey, row.id).revoked_at is not None  # kept, not deleted
+    assert runner.invoke(args=["billing", "keys", "revoke", "9999"]).exit_code != 0
+
+
+def test_a_key_revoked_by_another_process_is_refused_once_its_cache_entry_is_old(app, client):
+    """Another server process revokes it (here: the row is changed behind this one's back):
+    this process trusts what it verified for API_KEY_CACHE_SECONDS, then checks again."""
+    import time
+
+    import sqlalchemy as sa
+
+    from billing import clock
+    from billing.auth.models import ApiKey
+    from billing.auth.service import create_api_key
+    from billing.extensions import db
+
+    app.config["API_KEY_CACHE_SECONDS"] = 0.3
+    row, plaintext = create_api_key(name="front desk 3", role="staff")
+    headers = {"Authorization": f"Bearer {plaintext}"}
+    assert client.get("/api/v1/plans", headers=headers).status_code == 200
+    db.session.execute(sa.update(ApiKey).where(ApiKey.id == row.id).values(revoked_at=clock.now()))
+    db.session.commit()
+    assert client.get("/api/v1/plans", headers=headers).status_code == 200  # within the window
+    time.sleep(0.35)
+    assert client.get("/api/v1/plans", headers=headers).status_code == 401
+    app.config["API_KEY_CACHE_SECONDS"] = 0
+    other, other_plain = create_api_key(name="no cache", role="staff")
+    other_headers = {"Authorization": f"Bearer {other_plain}"}
+    assert client.get("/api/v1/plans", headers=other_headers).status_code == 200
+    db.session.execute(
+        sa.update(ApiKey).where(ApiKey.id == other.id).values(revoked_at=clock.now())
+    )
+    db.session.commit()
+    assert client.get("/api/v1/plans", headers=other_headers).status_code == 401
