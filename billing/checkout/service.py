@@ -378,9 +378,12 @@ def redeem_at_desk(
     """The desk's one click: add a treatment to the client's visit of today at this location,
     opening the visit when there is none yet. One request instead of two at the front desk.
 
-    Two desks ringing up the same client at the same moment may each open a visit; both are
-    valid visits, and the credits are still spent once (the memberships' lock)."""
+    Two desks ringing up the same client at the same moment share one visit: the one that finds
+    none opens it while holding the client's lock, and the other, waiting on that lock, finds
+    it."""
     visit = _todays_open_visit(member_id, location, now, settings)
+    if visit is None and _wait_for_visit_openers(member_id):
+        visit = _todays_open_visit(member_id, location, now, settings)
     if visit is None:
         visit = open_visit(
             member_id=member_id,
@@ -400,6 +403,25 @@ def _todays_open_visit(
     since = start_of_local_day(local_date(now, settings.tz), settings.tz)
     params = {"member_id": member_id, "location": location, "since": since}
     return db.session.execute(_todays_visit_query(), params).unique().scalars().first()
+
+
+_OPENING_VISIT = 0x5649_5354  # the advisory lock's first key: "opening a visit for member N"
+
+
+def _wait_for_visit_openers(member_id: int) -> bool:
+    """Take, until the transaction ends, the lock on opening a visit for this client; True when
+    another desk may have opened one meanwhile (look again). Only a visit about to be opened
+    pays for it: a visit found is already locked by its row. SQLite has one writer at a time
+    and no advisory locks: False."""
+    if db.session.get_bind().dialect.name != "postgresql":
+        return False
+    db.session.execute(_opening_lock_statement(), {"member_id": member_id})
+    return True
+
+
+@functools.cache
+def _opening_lock_statement() -> sa.TextClause:
+    return sa.text(f"SELECT pg_advisory_xact_lock({_OPENING_VISIT}, :member_id)")
 
 
 @functools.cache

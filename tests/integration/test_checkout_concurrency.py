@@ -169,3 +169,34 @@ def test_desks_racing_with_the_one_call_endpoint_spend_the_last_credit_once(app,
         (line,) = [body for code, body in results if code == 201]
         visit = db.session.get(Visit, line["visit_id"])
         assert visit.member_id == member_id and visit.is_open
+
+
+def test_desks_ringing_up_the_same_client_at_once_share_one_visit(app, shop, keys, clock):
+    """Eight desks each add a treatment for the same client through /desk/redemptions at the
+    same moment, with credits enough for all: eight lines, all in ONE visit of today (not one
+    visit per desk), eight credits spent."""
+    facial, _, therapist = shop
+    eight = f.plan([(facial, DESKS)], code="glow8")
+    staff = keys.headers("staff")
+    for _ in range(ROUNDS):
+        membership_id, member_id, _ = _client_with_credits(eight, clock, visits=0)
+        body = {
+            "member_id": member_id,
+            "location": "orchard",
+            "treatment": "hydrafacial",
+            "provider_id": therapist.id,
+            "pay_with": "credits",
+        }
+        requests = [
+            ("/api/v1/desk/redemptions", body, {**staff, "Idempotency-Key": uuid.uuid4().hex})
+            for _ in range(DESKS)
+        ]
+        results = _race(app, requests)
+        assert [code for code, _ in results] == [201] * DESKS, results
+        assert len({line["visit_id"] for _, line in results}) == 1
+        db.session.expire_all()
+        visits = db.session.execute(
+            sa.select(sa.func.count(Visit.id)).where(Visit.member_id == member_id)
+        ).scalar_one()
+        assert visits == 1
+        assert ledger.balance([membership_id], facial.id, clock()) == 0
