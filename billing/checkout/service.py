@@ -126,13 +126,34 @@ def open_visit(
     settings: ClinicSettings,
 ) -> Visit:
     """A client arrives at a location: an open visit to which the desk adds what was done."""
-    # The client and the location in one statement; when either is missing, each is looked up
-    # on its own to say which.
+    member, loc, _ = _client_and_location(member_id, location)
+    return _open(member, loc, supervising_staff_id, actor=actor, now=now, settings=settings)
+
+
+def _client_and_location(
+    member_id: int, location: str, *, hold_opening: bool = False
+) -> tuple[Member, Location, bool]:
+    """The client and the location in one statement (when either is missing, each is looked up
+    on its own to say which). `hold_opening`: the same statement takes, on PostgreSQL, the
+    client's "opening a visit" lock until the transaction ends; the third value says it did."""
+    hold = hold_opening and db.session.get_bind().dialect.name == "postgresql"
     pair = db.session.execute(
-        _member_and_location_query(), {"member_id": member_id, "code": location}
+        _member_and_location_query(hold), {"member_id": member_id, "code": location}
     ).first()
-    member = pair.Member if pair else get_member(member_id)
-    loc = pair.Location if pair else staff_service.location_by_code(location)
+    if pair is None:
+        return get_member(member_id), staff_service.location_by_code(location), False
+    return pair.Member, pair.Location, hold
+
+
+def _open(
+    member: Member,
+    loc: Location,
+    supervising_staff_id: int | None,
+    *,
+    actor: str,
+    now: datetime,
+    settings: ClinicSettings,
+) -> Visit:
     if supervising_staff_id is not None:
         _staff(supervising_staff_id, "supervising_staff_id")
     visit = Visit(
@@ -382,17 +403,14 @@ def redeem_at_desk(
     none opens it while holding the client's lock, and the other, waiting on that lock, finds
     it."""
     visit = _todays_open_visit(member_id, location, now, settings)
-    if visit is None and _wait_for_visit_openers(member_id):
-        visit = _todays_open_visit(member_id, location, now, settings)
     if visit is None:
-        visit = open_visit(
-            member_id=member_id,
-            location=location,
-            supervising_staff_id=supervising_staff_id,
-            actor=actor,
-            now=now,
-            settings=settings,
-        )
+        member, loc, held = _client_and_location(member_id, location, hold_opening=True)
+        if held:  # another desk may have opened it while this one waited: look again
+            visit = _todays_open_visit(member_id, location, now, settings)
+        if visit is None:
+            visit = _open(
+                member, loc, supervising_staff_id, actor=actor, now=now, settings=settings
+            )
     return add_line(visit.id, locked_visit=visit, actor=actor, now=now, settings=settings, **line)
 
 
@@ -406,22 +424,6 @@ def _todays_open_visit(
 
 
 _OPENING_VISIT = 0x5649_5354  # the advisory lock's first key: "opening a visit for member N"
-
-
-def _wait_for_visit_openers(member_id: int) -> bool:
-    """Take, until the transaction ends, the lock on opening a visit for this client; True when
-    another desk may have opened one meanwhile (look again). Only a visit about to be opened
-    pays for it: a visit found is already locked by its row. SQLite has one writer at a time
-    and no advisory locks: False."""
-    if db.session.get_bind().dialect.name != "postgresql":
-        return False
-    db.session.execute(_opening_lock_statement(), {"member_id": member_id})
-    return True
-
-
-@functools.cache
-def _opening_lock_statement() -> sa.TextClause:
-    return sa.text(f"SELECT pg_advisory_xact_lock({_OPENING_VISIT}, :member_id)")
 
 
 @functools.cache
@@ -453,12 +455,17 @@ def _treatment_and_provider_query() -> sa.Select:
 
 
 @functools.cache
-def _member_and_location_query() -> sa.Select:
-    return (
+def _member_and_location_query(hold_opening: bool) -> sa.Select:
+    """With hold_opening, the row also takes the client's "opening a visit" advisory lock: only
+    a call about to open a visit pays for it (a visit found is locked by its own row)."""
+    query = (
         sa.select(Member, Location)
         .join_from(Member, Location, sa.true())
         .where(Member.id == sa.bindparam("member_id"), Location.code == sa.bindparam("code"))
     )
+    if hold_opening:
+        query = query.add_columns(sa.func.pg_advisory_xact_lock(_OPENING_VISIT, Member.id))
+    return query
 
 
 def add_line(
