@@ -700,8 +700,8 @@ def redeem(
     All or nothing: if the live balance is short, InsufficientCredits and nothing is written.
     `covering`: the lots for this treatment the caller has just read while holding the locks
     of these memberships (checkout has them for its rules), so they are not read again.
-    `visit_line`: a line not yet written; the entries point to it and are written with it when
-    the caller flushes (one flush for the line and its entries; commit must be False)."""
+    `visit_line`: the line being rung up; the entries are returned NOT written, and the caller
+    writes them once the line is (`append`; commit must be False)."""
     if not isinstance(quantity, int) or isinstance(quantity, bool) or quantity <= 0:
         raise InvalidInput("The quantity to redeem must be a whole number above zero.")
     if covering is not None and holds_locks(membership_ids):
@@ -766,11 +766,8 @@ def redeem(
             reason=reason or f"redeemed: {treatment.name}",
             visit_line_id=visit_line_id,
         )
-        if visit_line is not None and visit_line.id is None:
-            visit_line.ledger_entries.append(entry)
-        elif visit_line is not None:  # written already (a query flushed it)
-            entry.visit_line_id = visit_line.id
-        db.session.add(entry)
+        if visit_line is None:
+            db.session.add(entry)
         result.entries.append(entry)
         wanted -= take
     if visit_line is not None:
@@ -779,6 +776,29 @@ def redeem(
     if commit:
         db.session.commit()
     return result
+
+
+_ENTRIES = LedgerEntry.__table__
+_ENTRY_COLUMNS = [c.key for c in _ENTRIES.c if c.key != "id"]
+
+
+def append(entries: Sequence[LedgerEntry], **fields) -> None:
+    """Write new entries as rows, in one statement and without the ORM's unit of work (the
+    desk's hot path: `redeem(visit_line=...)` hands its entries to checkout, which writes them
+    with the line). `fields` are set on every entry first (e.g. visit_line_id). Append only:
+    nothing here can change an entry once written."""
+    if not entries:
+        return
+    for entry in entries:
+        for name, value in fields.items():
+            setattr(entry, name, value)
+    rows = [{key: getattr(entry, key) for key in _ENTRY_COLUMNS} for entry in entries]
+    db.session.execute(_append_statement(), rows)
+
+
+@functools.cache
+def _append_statement() -> sa.Insert:
+    return _ENTRIES.insert()
 
 
 def _ever_covered(membership_ids: Sequence[int], treatment_id: int) -> bool:
