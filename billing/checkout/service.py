@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 import sqlalchemy as sa
-from sqlalchemy.orm import joinedload, make_transient_to_detached
+from sqlalchemy.orm import joinedload
 
 from billing.checkout import rules
 from billing.checkout.models import (
@@ -39,6 +39,7 @@ from billing.memberships.models import Membership, State
 from billing.memberships.service import memberships_usable_by
 from billing.money import Money, div_round_half_up, net_of_tax, tax_on_net
 from billing.plans.models import Category, PlanVersion, Treatment
+from billing.rows import insert_persistent
 from billing.settings import ClinicSettings
 from billing.staff import service as staff_service
 from billing.staff.models import Staff
@@ -168,7 +169,7 @@ def _open(
         amount_due_minor=0,
         payment_status="none",
     )
-    _write_row(visit, _insert_statement(Visit.__table__))
+    insert_persistent(visit)  # the desk's hot path: no unit of work
     db.session.commit()
     return visit
 
@@ -579,7 +580,7 @@ def add_line(
         )
     else:
         _charge_line(line, t, picture.usable, now=now, settings=settings)
-    _write_row(line, _insert_statement(VisitLine.__table__))
+    insert_persistent(line)  # then its entries: ledger.append
     ledger.append(entries, visit_line_id=line.id)
     for violation in violations:
         db.session.add(
@@ -594,24 +595,6 @@ def add_line(
         )
     db.session.commit()
     return line
-
-
-def _write_row(obj: Visit | VisitLine, insert: sa.Insert) -> None:
-    """Insert a new visit or line as a row and hand it to the session as the row it now is: one
-    statement, without the ORM's unit of work (the desk's hot path; a line's ledger entries
-    follow in one more, `ledger.append`)."""
-    columns = [c.key for c in obj.__table__.c if c.key != "id"]
-    values = {key: getattr(obj, key) for key in columns}
-    for key, value in values.items():  # every column known: none is read back from the row
-        setattr(obj, key, value)
-    obj.id = db.session.execute(insert, values).scalar_one()
-    make_transient_to_detached(obj)
-    db.session.add(obj)
-
-
-@functools.cache
-def _insert_statement(table: sa.Table) -> sa.Insert:
-    return table.insert().returning(table.c.id)
 
 
 def _overrides(overrides: Sequence[dict], is_admin: bool) -> dict[str, str]:

@@ -32,6 +32,7 @@ from billing.plans.models import (
     UnusedRule,
 )
 from billing.plans.service import ssp_per_credit
+from billing.rows import insert_persistent
 from billing.settings import ClinicSettings, clinic_settings
 
 GRANTABLE_STATES = {State.ACTIVE, State.CANCEL_AT_PERIOD_END, State.PAST_DUE}
@@ -139,8 +140,9 @@ def lock_selected(query: sa.Select, params: dict | None = None) -> list[Membersh
     """Read and lock, in one statement, the memberships a query selects (in id order, as
     lock_memberships does), and note them as held. For a hot path that would otherwise read
     the rows and then lock them: under READ COMMITTED a row changed while we waited is re-checked
-    against the query's conditions, so what comes back is what is locked, as it now is."""
-    rows = list(db.session.execute(_locking(query), params).scalars())
+    against the query's conditions, so what comes back is what is locked, as it now is. The
+    query may join eager loads of collections (a membership's catalogue): each row once."""
+    rows = list(db.session.execute(_locking(query), params).unique().scalars())
     db.session.info.setdefault(_LOCKED, set()).update(m.id for m in rows)
     return rows
 
@@ -417,33 +419,45 @@ def grant_period(
     items: Sequence[tuple[PlanItem, int]] | None = None,
     settings: ClinicSettings | None = None,
     commit: bool = True,
+    found_none: bool = False,
 ) -> CreditGrant:
     """Grant a period's credits once per (membership, period, source); a repeat returns the first.
 
     The period's net fee is allocated across the credits by standalone selling price, to the
-    cent, and stored with them: what a credit is worth never changes after it is granted."""
+    cent, and stored with them: what a credit is worth never changes after it is granted.
+
+    `found_none`: the caller holds the membership's lock and has just looked for this grant and
+    found none (record_paid_period, on every paid invoice): it is not looked for again, and no
+    race can be lost (every granter takes that lock first), so it is inserted without a
+    savepoint."""
     settings = settings or clinic_settings()
     if period_end <= period_start:
         raise InvalidInput("A period must end after it starts.")
-    if not holds_locks([membership.id]):
+    found_none = found_none and holds_locks([membership.id])
+    if not found_none:
+        if not holds_locks([membership.id]):
+            existing = _find_grant(membership.id, period_start, source.ref)
+            if existing is not None:  # a repeat: no need to wait for the lock
+                return existing
+            lock_memberships([membership.id])
         existing = _find_grant(membership.id, period_start, source.ref)
-        if existing is not None:  # a repeat: no need to wait for the lock
+        if existing is not None:
             return existing
-        lock_memberships([membership.id])
-    existing = _find_grant(membership.id, period_start, source.ref)
-    if existing is not None:
-        return existing
     plan = _plan_grant(membership, period_start, period_end, source, items, settings)
-    grant = CreditGrant(**_grant_row(membership, period_start, period_end, source, plan, now))
-    try:
-        with db.session.begin_nested():
-            db.session.add(grant)
-            db.session.flush()
-    except IntegrityError:  # a concurrent delivery of the same source won the race
-        existing = _find_grant(membership.id, period_start, source.ref)
-        if existing is None:
-            raise
-        return existing
+    row = _grant_row(membership, period_start, period_end, source, plan, now)
+    if found_none:
+        grant = insert_persistent(CreditGrant(**row))
+    else:
+        grant = CreditGrant(**row)
+        try:
+            with db.session.begin_nested():
+                db.session.add(grant)
+                db.session.flush()
+        except IntegrityError:  # a concurrent delivery of the same source won the race
+            existing = _find_grant(membership.id, period_start, source.ref)
+            if existing is None:
+                raise
+            return existing
     credit_rows = _credit_rows(grant.id, membership, period_start, period_end, plan, now)
     _insert_credits(credit_rows, [source] * len(credit_rows), now)
     if commit:
@@ -552,17 +566,26 @@ def _insert_credits(credit_rows: list[dict], sources: list[GrantSource], now: da
     )
 
 
+# Up to this many rows, one INSERT ... RETURNING (a period's few credits on every paid invoice).
+_FEW_ROWS = 50
+
+
+@functools.cache
+def _insert_returning(table: sa.Table) -> sa.Insert:
+    return table.insert().returning(table.c.id, sort_by_parameter_order=True)
+
+
 def _insert_returning_ids(table: sa.Table, rows: list[dict]) -> list[int]:
     """Insert the rows; their ids, in the order of the rows.
 
-    On PostgreSQL the ids are drawn from the table's sequence first (one statement) and the rows
-    sent with the driver's pipelined executemany: a multi-row INSERT ... RETURNING of thousands
-    of rows spends more time building its SQL text (a placeholder per value) than the database
-    spends running it (bench/grant_scale.py: most of a renewal batch)."""
+    A few rows: one INSERT ... RETURNING. Many on PostgreSQL: the ids are drawn from the table's
+    sequence first (one statement) and the rows sent with the driver's pipelined executemany: a
+    multi-row INSERT ... RETURNING of thousands of rows spends more time building its SQL text
+    (a placeholder per value) than the database spends running it (bench/grant_scale.py: most
+    of a renewal batch)."""
     conn = db.session.connection()
-    if conn.dialect.name != "postgresql":
-        insert = table.insert().returning(table.c.id, sort_by_parameter_order=True)
-        return [row[0] for row in conn.execute(insert, rows)]
+    if conn.dialect.name != "postgresql" or len(rows) <= _FEW_ROWS:
+        return [row[0] for row in conn.execute(_insert_returning(table), rows)]
     ids = list(
         conn.execute(
             sa.text("SELECT nextval(pg_get_serial_sequence(:t, 'id')) FROM generate_series(1, :n)"),
@@ -608,12 +631,19 @@ def _find_grants(batch: Sequence[PeriodToGrant]) -> dict[tuple, CreditGrant]:
 
 def _find_grant(membership_id: int, period_start: datetime, ref: str) -> CreditGrant | None:
     return db.session.execute(
-        sa.select(CreditGrant).where(
-            CreditGrant.membership_id == membership_id,
-            CreditGrant.period_start == period_start,
-            CreditGrant.source_ref == ref,
-        )
+        _find_grant_query(),
+        {"membership_id": membership_id, "period_start": period_start, "ref": ref},
     ).scalar_one_or_none()
+
+
+@functools.cache
+def _find_grant_query() -> sa.Select:
+    """Built once (every paid invoice looks for its grant)."""
+    return sa.select(CreditGrant).where(
+        CreditGrant.membership_id == sa.bindparam("membership_id"),
+        CreditGrant.period_start == sa.bindparam("period_start"),
+        CreditGrant.source_ref == sa.bindparam("ref"),
+    )
 
 
 def _entry(

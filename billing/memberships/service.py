@@ -211,7 +211,14 @@ def record_paid_period(
         membership.current_period_end = period_end
     membership.paid_periods += 1
     grant = ledger.grant_period(
-        membership, period_start, period_end, source, now=now, items=items, commit=False
+        membership,
+        period_start,
+        period_end,
+        source,
+        now=now,
+        items=items,
+        commit=False,
+        found_none=True,  # looked for above, under the lock: not looked for again
     )
     if commit:
         db.session.commit()

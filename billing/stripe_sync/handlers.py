@@ -18,13 +18,14 @@ event should change nothing (status "ignored"), NeedsAttention when staff must l
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import joinedload, selectinload
+from sqlalchemy.orm import joinedload
 
 from billing.entitlements import service as ledger
 from billing.errors import DomainError
@@ -37,7 +38,7 @@ from billing.payments import service as payments
 from billing.payments.service import InvoiceFacts
 from billing.plans.models import PlanItem, PlanItemOption, PlanVersion
 from billing.settings import ClinicSettings, clinic_settings
-from billing.stripe_sync.models import BillingProfile
+from billing.stripe_sync.models import BillingProfile, StripeEvent
 
 
 class Skip(Exception):
@@ -233,17 +234,29 @@ def member_for_customer(customer_id: str | None, metadata: dict | None = None) -
 
 # What a handler reads of a membership, loaded in the statement that locks it (instead of a lazy
 # load each): its tier version; for a paid period also what a grant reads (the version's plan,
-# items, their treatments and choice options).
+# items, their treatments and choice options), all joined in that one statement (a tier has a
+# handful of items: a few rows, and cheaper than a second, selectin, query).
 WITH_VERSION = (joinedload(Membership.plan_version),)
 WITH_CATALOGUE = (
     joinedload(Membership.plan_version).options(
         joinedload(PlanVersion.plan),
-        selectinload(PlanVersion.items).options(
+        joinedload(PlanVersion.items).options(
             joinedload(PlanItem.treatment),
             joinedload(PlanItem.options).joinedload(PlanItemOption.treatment),
         ),
     ),
 )
+
+
+@functools.cache
+def _by_subscription_query(load: tuple) -> sa.Select:
+    """The membership billed by a subscription, with what a handler reads of it (`load`: one of
+    the tuples above), built once per shape: every subscription and invoice event runs it."""
+    return (
+        sa.select(Membership)
+        .where(Membership.stripe_subscription_id == sa.bindparam("subscription_id"))
+        .options(*load)
+    )
 
 
 def membership_for_subscription(
@@ -262,11 +275,7 @@ def membership_for_subscription(
     newer one that a concurrent delivery is applying."""
     if not subscription_id:
         return None
-    found = ledger.lock_selected(
-        sa.select(Membership)
-        .where(Membership.stripe_subscription_id == subscription_id)
-        .options(*load)
-    )
+    found = ledger.lock_selected(_by_subscription_query(load), {"subscription_id": subscription_id})
     if found:
         return found[0]
     membership_id = str((metadata or {}).get("membership_id") or "")
@@ -337,7 +346,7 @@ def on_invoice_paid(invoice: dict, ctx: Context) -> str | None:
     if row.status != "paid":
         raise Skip(f"invoice {row.stripe_invoice_id} is {row.status}, not paid")
     done = []
-    _payment, created = payments.record_invoice_payment(
+    _payment_id, created = payments.record_invoice_payment(
         row, facts, occurred_at=facts.paid_at or ctx.now
     )
     if created:
@@ -479,21 +488,28 @@ def _apply_subscription(membership: Membership, sub: dict, ctx: Context) -> str 
     return "; ".join(done) or None
 
 
+@functools.cache
+def _latest_subscription_view_query() -> sa.Select:
+    """The newest subscription event received for a subscription, but this one (built once)."""
+    return (
+        sa.select(StripeEvent.id, StripeEvent.stripe_created, StripeEvent.payload)
+        .where(
+            StripeEvent.object_id == sa.bindparam("subscription_id"),
+            StripeEvent.type.like("customer.subscription.%"),
+            StripeEvent.id != sa.bindparam("event_id"),
+        )
+        .order_by(StripeEvent.stripe_created.desc(), StripeEvent.received_at.desc())
+        .limit(1)
+    )
+
+
 def _catch_up_subscription(membership: Membership, ctx: Context) -> str | None:
     """A subscription change that came while the membership could not take it (set to cancel
     at period end while still pending or past due) is applied once a payment activates it:
     the newest view of the subscription we received is applied again."""
-    from billing.stripe_sync.models import StripeEvent
-
     latest = db.session.execute(
-        sa.select(StripeEvent.id, StripeEvent.stripe_created, StripeEvent.payload)
-        .where(
-            StripeEvent.object_id == membership.stripe_subscription_id,
-            StripeEvent.type.like("customer.subscription.%"),
-            StripeEvent.id != (ctx.event_id or ""),
-        )
-        .order_by(StripeEvent.stripe_created.desc(), StripeEvent.received_at.desc())
-        .limit(1)
+        _latest_subscription_view_query(),
+        {"subscription_id": membership.stripe_subscription_id, "event_id": ctx.event_id or ""},
     ).first()
     if latest is None:
         return None
