@@ -121,4 +121,11 @@ class LedgerEntry(db.Model):
     __table_args__ = (
         sa.Index("ix_ledger_entries_membership_credit", "membership_id", "credit_id"),
         sa.Index("ix_ledger_entries_kind_created", "kind", "created_at"),
+        # A void asks whether a redemption was reversed already: only reversals are indexed.
+        sa.Index(
+            "ix_ledger_entries_reverses_entry_id",
+            "reverses_entry_id",
+            postgresql_where=sa.text("reverses_entry_id IS NOT NULL"),
+            sqlite_where=sa.text("reverses_entry_id IS NOT NULL"),
+        ),
     )
