@@ -16,7 +16,9 @@ def _env(name: str, default: str | None = None) -> str | None:
 class Config:
     SECRET_KEY = _env("SECRET_KEY", "dev-only-not-secret")
     SQLALCHEMY_DATABASE_URI = _env("DATABASE_URL")
-    SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
+    SQLALCHEMY_ENGINE_OPTIONS: dict = {}
+    # A pooled connection idle longer than this is pinged before use (billing/pool.py); 0: always.
+    DB_PING_IDLE_SECONDS = float(_env("DB_PING_IDLE_SECONDS", "1"))
     MAX_CONTENT_LENGTH = int(_env("MAX_CONTENT_LENGTH", str(1024 * 1024)))
     JSON_SORT_KEYS = False
     # How long a process trusts an API key it has verified (a statement saved per request);

@@ -4,8 +4,9 @@ gunicorn serves desks that search and redeem; the app's database is cut without 
 server other work is using: new connections to that one database are refused (ALLOW_CONNECTIONS
 false) and its open ones are ended (pg_terminate_backend). After a few seconds it is let back.
 During the outage the service must say 503 (a problem, not a crash); afterwards it must recover
-by itself (pool_pre_ping), and nothing may be half written: every redeemed line has its ledger
-entries and every ledger entry its line."""
+by itself (a disconnect invalidates the pool, and a pooled connection idle for a while is pinged
+before use: billing/pool.py), and nothing may be half written: every redeemed line has its
+ledger entries and every ledger entry its line."""
 
 from __future__ import annotations
 

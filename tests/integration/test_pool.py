@@ -1,0 +1,66 @@
+"""Pooled connections are pinged before use only after sitting idle (billing/pool.py)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from billing.extensions import db
+
+
+@pytest.fixture
+def pings(app, monkeypatch):
+    count = {"n": 0}
+    dialect = db.engine.dialect
+    real = dialect.do_ping
+
+    def counted(dbapi_connection):
+        count["n"] += 1
+        return real(dbapi_connection)
+
+    monkeypatch.setattr(dialect, "do_ping", counted)
+    return count
+
+
+def _idle_seconds(seconds: float) -> None:
+    """A second listener with a short threshold (the app's, 1 s, never fires within a test)."""
+    from billing.pool import ping_when_idle
+
+    db.session.remove()
+    ping_when_idle(db.engine, seconds)
+
+
+def _request(client, headers) -> None:
+    """A request, and its connection handed back to the pool as at the end of a real one (the
+    tests share one app context, whose session would otherwise keep it)."""
+    assert client.get("/api/v1/plans", headers=headers).status_code == 200
+    db.session.remove()
+
+
+def test_a_connection_just_handed_back_is_not_pinged_and_an_idle_one_is(app, client, admin, pings):
+    _idle_seconds(0.3)
+    for _ in range(3):
+        _request(client, admin)
+    assert pings["n"] == 0
+    time.sleep(0.4)
+    _request(client, admin)
+    assert pings["n"] == 1
+
+
+@pytest.mark.postgres_only
+def test_a_connection_the_database_dropped_while_idle_is_replaced_unseen(
+    app, client, admin, pings, database_url
+):
+    _idle_seconds(0.3)
+    _request(client, admin)
+    with db.engine.connect() as conn:  # the pooled connection the request used
+        pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+    other = sa.create_engine(database_url)
+    with other.connect() as conn:
+        assert conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar()
+    other.dispose()
+    time.sleep(0.4)
+    _request(client, admin)  # answered, on a new connection
+    assert pings["n"] == 1
