@@ -127,23 +127,48 @@ def open_visit(
     settings: ClinicSettings,
 ) -> Visit:
     """A client arrives at a location: an open visit to which the desk adds what was done."""
-    member, loc, _ = _client_and_location(member_id, location)
+    member, loc, _, _ = _client_and_location(member_id, location)
     return _open(member, loc, supervising_staff_id, actor=actor, now=now, settings=settings)
 
 
 def _client_and_location(
-    member_id: int, location: str, *, hold_opening: bool = False
-) -> tuple[Member, Location, bool]:
+    member_id: int, location: str, *, hold_opening: bool = False, line: dict | None = None
+) -> tuple[Member, Location, bool, _LineParties | None]:
     """The client and the location in one statement (when either is missing, each is looked up
     on its own to say which). `hold_opening`: the same statement takes, on PostgreSQL, the
-    client's "opening a visit" lock until the transaction ends; the third value says it did."""
+    client's "opening a visit" lock until the transaction ends; the third value says it did.
+    `line` (the desk's one call): the same statement reads its treatment and provider too."""
     hold = hold_opening and db.session.get_bind().dialect.name == "postgresql"
-    pair = db.session.execute(
-        _member_and_location_query(hold), {"member_id": member_id, "code": location}
-    ).first()
-    if pair is None:
-        return get_member(member_id), staff_service.location_by_code(location), False
-    return pair.Member, pair.Location, hold
+    params = {"member_id": member_id, "code": location, **_parties_params(line)}
+    row = db.session.execute(_member_and_location_query(hold, line is not None), params).first()
+    if row is None:
+        return get_member(member_id), staff_service.location_by_code(location), False, None
+    parties = _LineParties(row.Treatment, row.Staff) if line is not None else None
+    return row.Member, row.Location, hold, parties
+
+
+@dataclass(frozen=True)
+class _LineParties:
+    """A line's treatment and provider, read with the visit (or the client) in the desk's one
+    call instead of by a statement of their own; None where the code or id matched nothing."""
+
+    treatment: Treatment | None
+    provider: Staff | None
+
+
+def _parties_params(line: dict | None) -> dict:
+    if line is None:
+        return {}
+    return {"treatment_code": line.get("treatment"), "provider_id": line.get("provider_id")}
+
+
+def _with_parties(query: sa.Select) -> sa.Select:
+    """The line's treatment and provider outer-joined by their code and id: a row either way."""
+    return (
+        query.add_columns(Treatment, Staff)
+        .outerjoin(Treatment, Treatment.code == sa.bindparam("treatment_code"))
+        .outerjoin(Staff, Staff.id == sa.bindparam("provider_id", type_=sa.Integer))
+    )
 
 
 def _open(
@@ -407,34 +432,56 @@ def redeem_at_desk(
     Two desks ringing up the same client at the same moment share one visit: the one that finds
     none opens it while holding the client's lock, and the other, waiting on that lock, finds
     it."""
-    visit = _todays_open_visit(member_id, location, now, settings)
+    visit, parties = _todays_open_visit(member_id, location, now, settings, line)
     if visit is None:
-        member, loc, held = _client_and_location(member_id, location, hold_opening=True)
+        member, loc, held, parties = _client_and_location(
+            member_id, location, hold_opening=True, line=line
+        )
         if held:  # another desk may have opened it while this one waited: look again
-            visit = _todays_open_visit(member_id, location, now, settings)
+            visit, _ = _todays_open_visit(member_id, location, now, settings)
         if visit is None:
             visit = _open(
                 member, loc, supervising_staff_id, actor=actor, now=now, settings=settings
             )
-    return add_line(visit.id, locked_visit=visit, actor=actor, now=now, settings=settings, **line)
+    return add_line(
+        visit.id,
+        locked_visit=visit,
+        parties=parties,
+        actor=actor,
+        now=now,
+        settings=settings,
+        **line,
+    )
 
 
 def _todays_open_visit(
-    member_id: int, location: str, now: datetime, settings: ClinicSettings
-) -> Visit | None:
-    """The client's newest open visit opened today (the clinic's day) at this location, locked."""
+    member_id: int,
+    location: str,
+    now: datetime,
+    settings: ClinicSettings,
+    line: dict | None = None,
+) -> tuple[Visit | None, _LineParties | None]:
+    """The client's newest open visit opened today (the clinic's day) at this location, locked;
+    with `line`, its treatment and provider read by the same statement."""
     since = start_of_local_day(local_date(now, settings.tz), settings.tz)
     params = {"member_id": member_id, "location": location, "since": since}
-    return db.session.execute(_todays_visit_query(), params).unique().scalars().first()
+    row = (
+        db.session.execute(_todays_visit_query(line is not None), params | _parties_params(line))
+        .unique()
+        .first()
+    )
+    if row is None:
+        return None, None
+    return row.Visit, (_LineParties(row.Treatment, row.Staff) if line is not None else None)
 
 
 _OPENING_VISIT = 0x5649_5354  # the advisory lock's first key: "opening a visit for member N"
 
 
 @functools.cache
-def _todays_visit_query() -> sa.Select:
+def _todays_visit_query(with_parties: bool) -> sa.Select:
     """Built once with bound parameters (the desk's hot path)."""
-    return (
+    query = (
         sa.select(Visit)
         .join(Location, Visit.location_id == Location.id)
         .where(
@@ -448,6 +495,7 @@ def _todays_visit_query() -> sa.Select:
         .with_for_update(of=Visit)
         .execution_options(populate_existing=True)
     )
+    return _with_parties(query) if with_parties else query
 
 
 @functools.cache
@@ -460,7 +508,7 @@ def _treatment_and_provider_query() -> sa.Select:
 
 
 @functools.cache
-def _member_and_location_query(hold_opening: bool) -> sa.Select:
+def _member_and_location_query(hold_opening: bool, with_parties: bool = False) -> sa.Select:
     """With hold_opening, the row also takes the client's "opening a visit" advisory lock: only
     a call about to open a visit pays for it (a visit found is locked by its own row)."""
     query = (
@@ -470,7 +518,7 @@ def _member_and_location_query(hold_opening: bool) -> sa.Select:
     )
     if hold_opening:
         query = query.add_columns(sa.func.pg_advisory_xact_lock(_OPENING_VISIT, Member.id))
-    return query
+    return _with_parties(query) if with_parties else query
 
 
 def add_line(
@@ -487,13 +535,15 @@ def add_line(
     now: datetime,
     settings: ClinicSettings,
     locked_visit: Visit | None = None,
+    parties: _LineParties | None = None,
 ) -> VisitLine:
     """Add what was done to an open visit; it is redeemed or charged at once.
 
     Redeemed when credits cover it (the credit that expires first first), charged otherwise
     (or when the desk says pay_with="charge"). Every clinic rule that blocks it is reported
     together; an admin may let it through one rule at a time with a written reason.
-    `locked_visit`: the visit, when the caller has just read and locked it."""
+    `locked_visit`: the visit, when the caller has just read and locked it; `parties`: the
+    treatment and provider, when the caller read them in the same statement."""
     overridden = _overrides([*overrides, *([override] if override else [])], is_admin)
     if pay_with not in PAY_WITH:
         raise InvalidInput(f"pay_with must be one of {', '.join(PAY_WITH)}.")
@@ -504,12 +554,14 @@ def add_line(
         )
     visit = locked_visit if locked_visit is not None else _lock_visit(visit_id)
     _ensure_open(visit)
-    # The treatment and the provider in one statement; when either is missing, each is looked
-    # up on its own to say which.
-    pair = db.session.execute(
-        _treatment_and_provider_query(), {"code": treatment, "staff_id": provider_id}
-    ).first()
-    t = pair.Treatment if pair else _treatment(treatment)
+    # The treatment and the provider in one statement (unless the caller read them); when
+    # either is missing, each is looked up on its own to say which.
+    if parties is None:
+        pair = db.session.execute(
+            _treatment_and_provider_query(), {"code": treatment, "staff_id": provider_id}
+        ).first()
+        parties = _LineParties(pair.Treatment, pair.Staff) if pair else _LineParties(None, None)
+    t = parties.treatment or _treatment(treatment)
     if quantity > 1 and not t.in_units:
         raise InvalidInput(
             f"{t.name} is counted in sessions: add one line per session. A quantity above 1 "
@@ -518,7 +570,11 @@ def add_line(
         )
     if t.currency != visit.currency:
         raise InvalidInput(f"{t.name} is priced in {t.currency}, the visit in {visit.currency}.")
-    provider = _active(pair.Staff, "provider_id") if pair else _staff(provider_id, "provider_id")
+    provider = (
+        _active(parties.provider, "provider_id")
+        if parties.provider
+        else _staff(provider_id, "provider_id")
+    )
     if provider.location_id != visit.location_id:
         raise InvalidInput(
             f"{provider.name} works at {provider.location.name}, not at the visit's location.",

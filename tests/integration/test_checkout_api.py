@@ -702,6 +702,28 @@ def test_one_desk_call_opens_todays_visit_and_the_next_adds_to_it(client, staff,
     ]
 
 
+def test_a_refused_call_into_todays_visit_names_what_is_wrong_and_adds_nothing(
+    client, staff, clinic, clock
+):
+    """The visit is open already: its treatment and provider are read with it, and a wrong one
+    is still named."""
+    first = desk_redeem(client, staff, clinic.member.id, "lymph-massage", clinic.aesthetician.id)
+    assert first.status_code == 201
+    cases = [
+        ("no-such-thing", clinic.aesthetician.id, "no-such-thing"),
+        ("hydrafacial", 99999, "99999"),
+        ("hydrafacial", clinic.far_doctor.id, "another location"),
+    ]
+    for treatment, provider, named in cases:
+        r = desk_redeem(client, staff, clinic.member.id, treatment, provider)
+        assert r.status_code == 422, r.get_json()
+        assert named in r.get_json()["detail"] + str(r.get_json().get("errors")), r.get_json()
+    (visit,) = visits_of(clinic.member.id)
+    receipt = client.get(f"/api/v1/visits/{visit.id}/receipt", headers=staff).get_json()
+    assert [line["treatment"]["code"] for line in receipt["lines"]] == ["lymph-massage"]
+    assert balance(clinic.membership, clinic.facial, clock) == 1
+
+
 def test_a_closed_visit_or_yesterdays_is_not_reused(client, staff, clinic, clock):
     first = desk_redeem(client, staff, clinic.member.id, "lymph-massage", clinic.aesthetician.id)
     visit = first.get_json()["visit_id"]
@@ -732,6 +754,7 @@ def test_a_refused_desk_call_opens_no_visit_and_writes_nothing(client, staff, ke
         ({}, "no-such-thing", clinic.doctor.id, 422),
         ({}, "hydrafacial", clinic.far_doctor.id, 422),  # works at another location
         ({"location": "mars"}, "hydrafacial", clinic.aesthetician.id, 422),
+        ({}, "hydrafacial", 99999, 422),  # no such provider
     ]
     for extra, treatment, provider, status in cases:
         r = desk_redeem(client, staff, clinic.member.id, treatment, provider, **extra)
