@@ -85,10 +85,8 @@ _COMPARED = (
 )
 _STORED = ("id", "stripe_invoice_id", "status", "kind", "member_id")
 _RETURNED = tuple(dict.fromkeys(_STORED + _COMPARED))
-_INVOICE_VALUES = (
-    "stripe_invoice_id",
-    "member_id",
-    "membership_id",
+# What an upsert takes from Stripe as given, and what it keeps when Stripe leaves it out.
+_REPLACED = (
     "kind",
     "billing_reason",
     "status",
@@ -97,13 +95,17 @@ _INVOICE_VALUES = (
     "tax_minor",
     "net_minor",
     "amount_paid_minor",
-    "period_start",
-    "period_end",
-    "attempt_count",
     "next_payment_attempt",
+)
+_KEPT_WHEN_MISSING = ("period_start", "period_end", "paid_at", "stripe_charge_id")
+_INVOICE_VALUES = (
+    "stripe_invoice_id",
+    "member_id",
+    "membership_id",
+    *_REPLACED,
+    *_KEPT_WHEN_MISSING,
+    "attempt_count",
     "issued_at",
-    "paid_at",
-    "stripe_charge_id",
     "created_at",
 )
 
@@ -127,24 +129,8 @@ def _upsert_invoice_statement(dialect: str) -> sa.Insert:
         set_={
             "member_id": sa.func.coalesce(old.member_id, new.member_id),
             "membership_id": sa.func.coalesce(old.membership_id, new.membership_id),
-            **{
-                name: new[name]
-                for name in (
-                    "kind",
-                    "billing_reason",
-                    "status",
-                    "currency",
-                    "total_minor",
-                    "tax_minor",
-                    "net_minor",
-                    "amount_paid_minor",
-                    "next_payment_attempt",
-                )
-            },
-            **{
-                name: sa.func.coalesce(new[name], old[name])
-                for name in ("period_start", "period_end", "paid_at", "stripe_charge_id")
-            },
+            **{name: new[name] for name in _REPLACED},
+            **{name: sa.func.coalesce(new[name], old[name]) for name in _KEPT_WHEN_MISSING},
             "attempt_count": sa.case((new.attempt_count > kept, new.attempt_count), else_=kept),
         },
         where=sa.bindparam("rank", type_=sa.Integer)

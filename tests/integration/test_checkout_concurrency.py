@@ -144,6 +144,22 @@ def test_the_same_idempotency_key_sent_by_several_desks_at_once_redeems_once(
     assert db.session.execute(sa.select(sa.func.count(VisitLine.id))).scalar_one() == 1
 
 
+def _one_call_race(app, member_id: int, therapist, staff: dict) -> list[tuple[int, dict]]:
+    """Every desk rings up the same client's hydrafacial through /desk/redemptions at once."""
+    body = {
+        "member_id": member_id,
+        "location": "orchard",
+        "treatment": "hydrafacial",
+        "provider_id": therapist.id,
+        "pay_with": "credits",
+    }
+    requests = [
+        ("/api/v1/desk/redemptions", body, {**staff, "Idempotency-Key": uuid.uuid4().hex})
+        for _ in range(DESKS)
+    ]
+    return _race(app, requests)
+
+
 def test_desks_racing_with_the_one_call_endpoint_spend_the_last_credit_once(app, shop, keys, clock):
     """Eight desks ring up the same client at once through /desk/redemptions: one redemption,
     seven clear 409s, and every line lands in a visit of that client (a new visit or today's)."""
@@ -151,18 +167,7 @@ def test_desks_racing_with_the_one_call_endpoint_spend_the_last_credit_once(app,
     staff = keys.headers("staff")
     for _ in range(ROUNDS):
         membership_id, member_id, _ = _client_with_credits(tier, clock, visits=0)
-        body = {
-            "member_id": member_id,
-            "location": "orchard",
-            "treatment": "hydrafacial",
-            "provider_id": therapist.id,
-            "pay_with": "credits",
-        }
-        requests = [
-            ("/api/v1/desk/redemptions", body, {**staff, "Idempotency-Key": uuid.uuid4().hex})
-            for _ in range(DESKS)
-        ]
-        results = _race(app, requests)
+        results = _one_call_race(app, member_id, therapist, staff)
         assert sorted(code for code, _ in results) == [201] + [409] * (DESKS - 1), results
         db.session.expire_all()
         assert ledger.balance([membership_id], facial.id, clock()) == 0
@@ -180,18 +185,7 @@ def test_desks_ringing_up_the_same_client_at_once_share_one_visit(app, shop, key
     staff = keys.headers("staff")
     for _ in range(ROUNDS):
         membership_id, member_id, _ = _client_with_credits(eight, clock, visits=0)
-        body = {
-            "member_id": member_id,
-            "location": "orchard",
-            "treatment": "hydrafacial",
-            "provider_id": therapist.id,
-            "pay_with": "credits",
-        }
-        requests = [
-            ("/api/v1/desk/redemptions", body, {**staff, "Idempotency-Key": uuid.uuid4().hex})
-            for _ in range(DESKS)
-        ]
-        results = _race(app, requests)
+        results = _one_call_race(app, member_id, therapist, staff)
         assert [code for code, _ in results] == [201] * DESKS, results
         assert len({line["visit_id"] for _, line in results}) == 1
         db.session.expire_all()
