@@ -246,30 +246,47 @@ def _credit_ledger_entries(scope: Scope, *columns) -> sa.Select:
     )
 
 
+def _credit_facts() -> tuple:
+    """What both paths of the credit-ledger (Python and PostgreSQL's COPY) say of a credit
+    besides its entries and visits; the query needs credit_context and _credit_facts_joins."""
+    return (
+        Member.id.label("member_id"),
+        Member.first_name,
+        Member.last_name,
+        Membership.id.label("membership_id"),
+        CreditGrant.invoice_id,
+        Invoice.stripe_invoice_id,
+        Treatment.name.label("treatment_name"),
+        PlanItem.label.label("item_label"),
+        Credit.product_type,
+        Plan.code.label("tier"),
+        Credit.unit_label,
+        Credit.quantity.label("credit_qty"),
+        Credit.ssp_unit_minor,
+        Credit.allocated_minor,
+        Credit.currency,
+        Credit.created_at.label("granted_at"),
+        HomeLocation.code.label("home"),
+    )
+
+
+def _credit_facts_joins(query: sa.Select) -> sa.Select:
+    """The credit's invoice, treatment and plan item, when it has them."""
+    return (
+        query.outerjoin(Invoice, CreditGrant.invoice_id == Invoice.id)
+        .outerjoin(Treatment, Credit.treatment_id == Treatment.id)
+        .outerjoin(PlanItem, Credit.plan_item_id == PlanItem.id)
+    )
+
+
 def credit_ledger(scope: Scope) -> Iterator[list]:
     """Credits granted in the range, and older credits that moved in it, as they stood at its end."""
-    q = (
+    q = _credit_facts_joins(
         _visit_joins(
             _credit_ledger_entries(
                 scope,
                 Credit.id.label("credit_id"),
-                Member.id.label("member_id"),
-                Member.first_name,
-                Member.last_name,
-                Membership.id.label("membership_id"),
-                CreditGrant.invoice_id,
-                Invoice.stripe_invoice_id,
-                Treatment.name.label("treatment_name"),
-                PlanItem.label.label("item_label"),
-                Credit.product_type,
-                Plan.code.label("tier"),
-                Credit.unit_label,
-                Credit.quantity.label("credit_qty"),
-                Credit.ssp_unit_minor,
-                Credit.allocated_minor,
-                Credit.currency,
-                Credit.created_at.label("granted_at"),
-                HomeLocation.code.label("home"),
+                *_credit_facts(),
                 LedgerEntry.id.label("entry_id"),
                 LedgerEntry.kind,
                 LedgerEntry.quantity,
@@ -282,11 +299,7 @@ def credit_ledger(scope: Scope) -> Iterator[list]:
                 Staff.name.label("provider"),
             )
         )
-        .outerjoin(Invoice, CreditGrant.invoice_id == Invoice.id)
-        .outerjoin(Treatment, Credit.treatment_id == Treatment.id)
-        .outerjoin(PlanItem, Credit.plan_item_id == PlanItem.id)
-        .order_by(Credit.id, LedgerEntry.id)
-    )
+    ).order_by(Credit.id, LedgerEntry.id)
     yield CREDIT_LEDGER_HEADER
     current: _CreditRow | None = None
     for e in stream(q):
@@ -1166,37 +1179,19 @@ def _pg_credit_ledger(scope: Scope) -> sa.Select:
         .subquery("folded")
     )
     f = folded.c
-    joined = (
-        credit_context(
-            sa.select(
-                f,
-                Member.id.label("member_id"),
-                Member.first_name,
-                Member.last_name,
-                Membership.id.label("membership_id"),
-                CreditGrant.invoice_id,
-                Invoice.stripe_invoice_id,
-                Treatment.name.label("treatment"),
-                PlanItem.label.label("item_label"),
-                Credit.product_type,
-                Plan.code.label("tier"),
-                Credit.unit_label,
-                Credit.quantity,
-                Credit.ssp_unit_minor,
-                Credit.allocated_minor,
-                Credit.currency,
-                Credit.created_at,
-                sa.cast(Visit.id, sa.Text).label("visit"),
-                VisitLocation.code.label("location"),
-                Staff.name.label("provider"),
-                HomeLocation.code.label("home"),
-            )
-            .select_from(folded)
-            .join(Credit, Credit.id == f.credit_id)
+    joined = credit_context(
+        sa.select(
+            f,
+            *_credit_facts(),
+            sa.cast(Visit.id, sa.Text).label("visit"),
+            VisitLocation.code.label("location"),
+            Staff.name.label("provider"),
         )
-        .outerjoin(Invoice, CreditGrant.invoice_id == Invoice.id)
-        .outerjoin(Treatment, Credit.treatment_id == Treatment.id)
-        .outerjoin(PlanItem, Credit.plan_item_id == PlanItem.id)
+        .select_from(folded)
+        .join(Credit, Credit.id == f.credit_id)
+    )
+    joined = (
+        _credit_facts_joins(joined)
         .outerjoin(VisitLine, VisitLine.id == f.visit_line_id)
         .outerjoin(Visit, VisitLine.visit_id == Visit.id)
         .outerjoin(VisitLocation, Visit.location_id == VisitLocation.id)
@@ -1229,15 +1224,15 @@ def _pg_credit_ledger(scope: Scope) -> sa.Select:
         r.membership_id,
         _pg_id(r.invoice_id),
         _pg_text(r.stripe_invoice_id),
-        sa.func.coalesce(_pg_text(r.treatment), _pg_text(r.item_label), "choice"),
+        sa.func.coalesce(_pg_text(r.treatment_name), _pg_text(r.item_label), "choice"),
         _pg_text(r.product_type),
         _pg_text(r.tier),
         _pg_text(r.unit_label),
-        r.quantity,
+        r.credit_qty,
         _pg_money(r.ssp_unit_minor, r.currency),
         _pg_money(r.allocated_minor, r.currency),
         _pg_text(r.currency),
-        _pg_time(r.created_at),
+        _pg_time(r.granted_at),
         _pg_time(r.expires_at),
         status,
         r.redeemed,
