@@ -109,10 +109,6 @@ class _KeyCache:
             for digest in [d for d, entry in self._entries.items() if entry[1] == key_id]:
                 del self._entries[digest]
 
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-
 
 key_cache = _KeyCache()
 

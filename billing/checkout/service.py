@@ -708,7 +708,7 @@ def _redeem_line(
             actor=actor,
             commit=False,
             covering=covering,
-            visit_line=line,
+            unwritten=True,  # written with the line: ledger.append
         )
     except ledger.InsufficientCredits as short:
         # A household partner may have used up their share: with nothing usable, charge it.

@@ -32,7 +32,7 @@ from billing.plans.models import (
     UnusedRule,
 )
 from billing.plans.service import ssp_per_credit
-from billing.rows import insert_persistent
+from billing.rows import insert_persistent, returning_ids
 from billing.settings import ClinicSettings, clinic_settings
 
 GRANTABLE_STATES = {State.ACTIVE, State.CANCEL_AT_PERIOD_END, State.PAST_DUE}
@@ -558,7 +558,7 @@ def _insert_credits(credit_rows: list[dict], sources: list[GrantSource], now: da
     conn = db.session.connection()
     credit_ids = _insert_returning_ids(Credit.__table__, credit_rows)
     conn.execute(
-        LedgerEntry.__table__.insert(),
+        _append_statement(),
         [
             _grant_entry_row(row, cid, source, now)
             for row, cid, source in zip(credit_rows, credit_ids, sources, strict=True)
@@ -568,11 +568,6 @@ def _insert_credits(credit_rows: list[dict], sources: list[GrantSource], now: da
 
 # Up to this many rows, one INSERT ... RETURNING (a period's few credits on every paid invoice).
 _FEW_ROWS = 50
-
-
-@functools.cache
-def _insert_returning(table: sa.Table) -> sa.Insert:
-    return table.insert().returning(table.c.id, sort_by_parameter_order=True)
 
 
 def _insert_returning_ids(table: sa.Table, rows: list[dict]) -> list[int]:
@@ -585,7 +580,7 @@ def _insert_returning_ids(table: sa.Table, rows: list[dict]) -> list[int]:
     of a renewal batch)."""
     conn = db.session.connection()
     if conn.dialect.name != "postgresql" or len(rows) <= _FEW_ROWS:
-        return [row[0] for row in conn.execute(_insert_returning(table), rows)]
+        return [row[0] for row in conn.execute(returning_ids(table), rows)]
     ids = list(
         conn.execute(
             sa.text("SELECT nextval(pg_get_serial_sequence(:t, 'id')) FROM generate_series(1, :n)"),
@@ -723,15 +718,15 @@ def redeem(
     reason: str = "",
     commit: bool = True,
     covering: Sequence[Lot] | None = None,
-    visit_line: object | None = None,
+    unwritten: bool = False,
 ) -> Redemption:
     """Consume `quantity` credits for a treatment, the credits that expire first first.
 
     All or nothing: if the live balance is short, InsufficientCredits and nothing is written.
     `covering`: the lots for this treatment the caller has just read while holding the locks
     of these memberships (checkout has them for its rules), so they are not read again.
-    `visit_line`: the line being rung up; the entries are returned NOT written, and the caller
-    writes them once the line is (`append`; commit must be False)."""
+    `unwritten`: the entries are returned NOT written, for the caller to write with what they
+    belong to (checkout: once the line is, with `append`; commit must be False)."""
     if not isinstance(quantity, int) or isinstance(quantity, bool) or quantity <= 0:
         raise InvalidInput("The quantity to redeem must be a whole number above zero.")
     if covering is not None and holds_locks(membership_ids):
@@ -796,11 +791,11 @@ def redeem(
             reason=reason or f"redeemed: {treatment.name}",
             visit_line_id=visit_line_id,
         )
-        if visit_line is None:
+        if not unwritten:
             db.session.add(entry)
         result.entries.append(entry)
         wanted -= take
-    if visit_line is not None:
+    if unwritten:
         return result
     db.session.flush()
     if commit:
@@ -814,7 +809,7 @@ _ENTRY_COLUMNS = [c.key for c in _ENTRIES.c if c.key != "id"]
 
 def append(entries: Sequence[LedgerEntry], **fields) -> None:
     """Write new entries as rows, in one statement and without the ORM's unit of work (the
-    desk's hot path: `redeem(visit_line=...)` hands its entries to checkout, which writes them
+    desk's hot path: `redeem(unwritten=True)` hands its entries to checkout, which writes them
     with the line). `fields` are set on every entry first (e.g. visit_line_id). Append only:
     nothing here can change an entry once written."""
     if not entries:
