@@ -1,7 +1,7 @@
 """Ping a pooled connection before use only when it has sat idle.
 
-SQLAlchemy's pool_pre_ping pings on every checkout: a round trip to the database on every request,
-which under load is one statement in nine of a redemption, to guard against a connection the
+SQLAlchemy's pool_pre_ping pings on every checkout: a round trip to the database on every request
+(under load it costs what any statement of a redemption costs), to guard against a connection the
 database dropped while it sat in the pool. A connection handed back a moment ago is as alive as
 the database: if the database has gone since, the request fails as it would have with a ping (the
 database is down), and SQLAlchemy, seeing the disconnect, invalidates the whole pool. So only a
