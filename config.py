@@ -47,6 +47,15 @@ class Config:
     STRIPE_API_BASE = _env("STRIPE_API_BASE")  # e.g. http://127.0.0.1:8420 for localstripe
     STRIPE_USE_LEGACY_PLANS = _env("STRIPE_USE_LEGACY_PLANS", "false").lower() == "true"
     STRIPE_WEBHOOK_TOLERANCE = int(_env("STRIPE_WEBHOOK_TOLERANCE", "300"))
+    # queued: POST /webhooks/stripe verifies and stores the event, answers 200, and the worker
+    # (`flask billing stripe work`) acts on it; inline: acted on in the request, as before.
+    STRIPE_WEBHOOK_PROCESSING = _env("STRIPE_WEBHOOK_PROCESSING", "queued")
+    STRIPE_WORKER_BATCH = int(_env("STRIPE_WORKER_BATCH", "50"))  # events a transaction
+    STRIPE_WORKER_POLL_SECONDS = float(_env("STRIPE_WORKER_POLL_SECONDS", "0.5"))
+    # A failed event is tried again after RETRY_SECONDS x 2^(attempts-1), up to MAX_ATTEMPTS
+    # tries in all; then it stays failed for staff and `flask billing stripe replay`.
+    STRIPE_EVENT_RETRY_SECONDS = float(_env("STRIPE_EVENT_RETRY_SECONDS", "30"))
+    STRIPE_EVENT_MAX_ATTEMPTS = int(_env("STRIPE_EVENT_MAX_ATTEMPTS", "8"))
 
     STRIPE_RECONCILE_DAYS = int(_env("STRIPE_RECONCILE_DAYS", "3"))
 
@@ -66,6 +75,7 @@ class Config:
 
 class DevelopmentConfig(Config):
     DEBUG = True
+    STRIPE_WEBHOOK_PROCESSING = _env("STRIPE_WEBHOOK_PROCESSING", "inline")  # no worker to run
     SQLALCHEMY_DATABASE_URI = _env(
         "DATABASE_URL", f"sqlite:///{BASE_DIR / 'instance' / 'billing.db'}"
     )
@@ -76,6 +86,7 @@ class TestingConfig(Config):
     SECRET_KEY = "testing"
     SQLALCHEMY_DATABASE_URI = _env("TEST_DATABASE_URL", "sqlite://")
     STRIPE_WEBHOOK_SECRET = "whsec_test_secret"
+    STRIPE_WEBHOOK_PROCESSING = "inline"  # a test that wants the queue says so
     MAIL_SERVER = None  # a developer's own mail server must never receive test mail
 
 

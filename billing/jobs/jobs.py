@@ -7,7 +7,9 @@ run late or twice, and returns counts of what it did.
 - end_grace_periods: a past-due membership whose grace period is over is blocked from
   redeeming; the moment is recorded once as a "grace_ended" membership event.
 - reconcile_stripe: asks Stripe what changed lately and repairs what the webhooks missed.
-- notify: writes the emails members should get to an outbox, once each, and sends them."""
+- notify: writes the emails members should get to an outbox, once each, and sends them.
+- drain_stripe_events: acts on stored Stripe events the worker has not (a safety net: a
+  deployment without `flask billing stripe work` still converges, a minute behind)."""
 
 from __future__ import annotations
 
@@ -333,6 +335,28 @@ def notify(*, now: datetime) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
+# drain_stripe_events
+
+
+def drain_stripe_events(*, now: datetime, max_seconds: float = 50.0) -> dict:
+    """Act on webhook events stored but not acted on (and failed ones due a retry), as the
+    worker does and alongside it (each event is claimed by one of them). Bounded in time so a
+    long queue never overlaps the next minute's run; the worker, or the next run, goes on."""
+    import time
+
+    from billing import clock
+    from billing.stripe_sync import service as stripe_service
+
+    deadline = time.monotonic() + max_seconds
+    counts = stripe_service.drain(
+        now=clock.now,
+        limit=int(current_app.config.get("STRIPE_WORKER_BATCH", 50)),
+        should_stop=lambda: time.monotonic() > deadline,
+    )
+    return {s: counts.get(s, 0) for s in ("processed", "ignored", "flagged", "failed")}
+
+
+# ---------------------------------------------------------------------------------------------
 # The registry: what the scheduler runs, and how often (from the clinic's midnight + offset).
 
 JOBS: dict[str, JobSpec] = {
@@ -365,6 +389,13 @@ JOBS: dict[str, JobSpec] = {
             every=timedelta(minutes=15),
             offset=timedelta(minutes=5),
             description="Write member emails to the outbox once each, and send pending ones.",
+        ),
+        JobSpec(
+            "drain_stripe_events",
+            drain_stripe_events,
+            every=timedelta(minutes=1),
+            offset=timedelta(0),
+            description="Act on stored Stripe events the worker has not (a safety net).",
         ),
     ]
 }

@@ -8,6 +8,9 @@ def init_app(app) -> None:
     from billing.stripe_sync.api import blp, webhooks
     from billing.stripe_sync.cli import stripe_cli
 
+    mode = app.config.get("STRIPE_WEBHOOK_PROCESSING", "inline")
+    if mode not in ("inline", "queued"):
+        raise RuntimeError(f"STRIPE_WEBHOOK_PROCESSING must be inline or queued, not {mode!r}")
     app.register_blueprint(webhooks)
     api.register_blueprint(blp)
     if "stripe" not in billing_cli.commands:

@@ -36,13 +36,34 @@ webhooks = FlaskBlueprint("stripe_webhooks", __name__)
 @webhooks.post("/webhooks/stripe")
 @requires(PUBLIC)
 def stripe_webhook():
-    """Verified by the Stripe-Signature header; stored, then acted on once."""
+    """Verified by the Stripe-Signature header; stored, then acted on once: here (inline) or by
+    the worker (queued, production's default: Stripe gets its 200 as soon as the event is
+    durable)."""
+    config = current_app.config
+    # The body as JSON, read once: the request guard has parsed it already.
+    parsed = request.get_json(silent=True) if request.is_json else None
+    if config.get("STRIPE_WEBHOOK_PROCESSING") == "queued":
+        receipt = service.queue_webhook(
+            request.get_data(),
+            request.headers.get("Stripe-Signature"),
+            secret=config.get("STRIPE_WEBHOOK_SECRET"),
+            tolerance=int(config.get("STRIPE_WEBHOOK_TOLERANCE", 300)),
+            now=clock.now(),
+            parsed=parsed,
+        )
+        return jsonify(
+            received=True,
+            event_id=receipt.event_id,
+            status=receipt.status,
+            duplicate=receipt.duplicate,
+        )
     receipt = service.receive_webhook(
         request.get_data(),
         request.headers.get("Stripe-Signature"),
-        secret=current_app.config.get("STRIPE_WEBHOOK_SECRET"),
-        tolerance=int(current_app.config.get("STRIPE_WEBHOOK_TOLERANCE", 300)),
+        secret=config.get("STRIPE_WEBHOOK_SECRET"),
+        tolerance=int(config.get("STRIPE_WEBHOOK_TOLERANCE", 300)),
         now=clock.now(),
+        parsed=parsed,
     )
     if receipt.status == EventStatus.FAILED:
         return problem(

@@ -83,3 +83,28 @@ def replay(event_ids: tuple[str, ...], failed: bool, flagged: bool) -> None:
         click.echo("No events to replay.")
     if any(r.status == "failed" for r in receipts):
         raise SystemExit(1)
+
+
+@stripe_cli.command("work")
+@click.option("--once", is_flag=True, help="Act on every event due, then exit.")
+@click.option("--batch", type=click.IntRange(1, 1000), default=None, help="Events a transaction.")
+@click.option("--poll", type=click.FloatRange(0.01), default=None, help="Seconds between looks.")
+def work(once: bool, batch: int | None, poll: float | None) -> None:
+    """Act on the webhook events stored but not yet acted on (STRIPE_WEBHOOK_PROCESSING=queued),
+    in Stripe's order; failed ones again when due. Runs until SIGTERM (or, --once, until none
+    is due)."""
+    from flask import current_app
+
+    from billing.stripe_sync import worker
+
+    counts = worker.run(
+        current_app._get_current_object(),
+        once=once,
+        batch=batch,
+        poll_seconds=poll,
+        report=click.echo,
+    )
+    if once:
+        click.echo(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "Nothing due.")
+    if once and counts.get("failed"):
+        raise SystemExit(1)

@@ -20,8 +20,22 @@ class EventStatus:
     FLAGGED = "flagged"  # unknown customer/subscription or a business conflict: for staff
 
 
+# What the worker looks for: events not yet done, in Stripe's order. Partial, so it holds only
+# the few events waiting (received, or failed and due a retry), not the whole history.
+PENDING = ("received", "failed")
+
+
 class StripeEvent(db.Model):
     __tablename__ = "stripe_events"
+    __table_args__ = (
+        sa.Index(
+            "ix_stripe_events_pending",
+            "stripe_created",
+            "id",
+            postgresql_where=sa.text("status IN ('received', 'failed')"),
+            sqlite_where=sa.text("status IN ('received', 'failed')"),
+        ),
+    )
 
     id: Mapped[str] = mapped_column(sa.String(255), primary_key=True)  # evt_...
     type: Mapped[str] = mapped_column(sa.String(96), index=True)
@@ -41,6 +55,8 @@ class StripeEvent(db.Model):
     outcome: Mapped[str | None] = mapped_column(sa.Text)
     traceback: Mapped[str | None] = mapped_column(sa.Text)
     last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # When a failed event is due its next try by the worker; None: not to be retried by itself.
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class BillingProfile(db.Model):

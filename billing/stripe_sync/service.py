@@ -20,12 +20,14 @@ from __future__ import annotations
 import json
 import logging
 import traceback as tb
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 import stripe
+from flask import current_app
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -65,33 +67,22 @@ class Receipt:
 
 
 def receive_webhook(
-    payload: bytes, signature: str | None, *, secret: str | None, tolerance: int, now: datetime
+    payload: bytes,
+    signature: str | None,
+    *,
+    secret: str | None,
+    tolerance: int,
+    now: datetime,
+    parsed: object = None,
 ) -> Receipt:
-    """Verify, store, then process one delivery. A bad signature, a stale timestamp or a body
-    that is not an event is a BadWebhook (400) and nothing is recorded.
+    """Verify, store, then process one delivery (STRIPE_WEBHOOK_PROCESSING=inline). A bad
+    signature, a stale timestamp or a body that is not an event is a BadWebhook (400) and
+    nothing is recorded.
 
     A new event is stored and acted on in one transaction: its row, inserted first, is the lock
     that makes a concurrent delivery of the same event wait, then find it done. A duplicate of
     an event already done costs one statement and writes nothing."""
-    if not secret:
-        raise ServiceUnavailable(
-            "Stripe webhooks are not configured: set STRIPE_WEBHOOK_SECRET.",
-            slug="stripe-not-configured",
-        )
-    try:
-        stripe.WebhookSignature.verify_header(payload, signature, secret, tolerance)
-    except stripe.SignatureVerificationError as exc:
-        raise BadWebhook(
-            f"The Stripe-Signature header does not verify: {exc.user_message or exc}",
-            slug="bad-signature",
-        ) from None
-    except UnicodeDecodeError:
-        raise BadWebhook("The body is not UTF-8 text.", slug="not-json") from None
-    try:
-        event = json.loads(payload)
-    except ValueError:
-        raise BadWebhook("The body is not JSON.", slug="not-json") from None
-    _check_event(event)
+    event = verified_event(payload, signature, secret=secret, tolerance=tolerance, parsed=parsed)
     stored = _store(event, now, payload)
     if stored is None:  # new: this transaction holds its row
         return _act(
@@ -108,6 +99,112 @@ def receive_webhook(
             stored.id, stored.type, stored.status, duplicate=True, outcome=stored.outcome
         )
     return process(event["id"], now=now)  # failed before (or left received): act again
+
+
+def verified_event(
+    payload: bytes,
+    signature: str | None,
+    *,
+    secret: str | None,
+    tolerance: int,
+    parsed: object = None,
+) -> dict:
+    """The event, once the signature says Stripe sent exactly these bytes; else BadWebhook (400).
+    `parsed` is the body already parsed from these bytes (the request's own JSON, read once)."""
+    if not secret:
+        raise ServiceUnavailable(
+            "Stripe webhooks are not configured: set STRIPE_WEBHOOK_SECRET.",
+            slug="stripe-not-configured",
+        )
+    try:
+        stripe.WebhookSignature.verify_header(payload, signature, secret, tolerance)
+    except stripe.SignatureVerificationError as exc:
+        raise BadWebhook(
+            f"The Stripe-Signature header does not verify: {exc.user_message or exc}",
+            slug="bad-signature",
+        ) from None
+    except UnicodeDecodeError:
+        raise BadWebhook("The body is not UTF-8 text.", slug="not-json") from None
+    event = parsed
+    if event is None:
+        try:
+            event = json.loads(payload)
+        except ValueError:
+            raise BadWebhook("The body is not JSON.", slug="not-json") from None
+    _check_event(event)
+    return event
+
+
+def queue_webhook(
+    payload: bytes,
+    signature: str | None,
+    *,
+    secret: str | None,
+    tolerance: int,
+    now: datetime,
+    parsed: object = None,
+) -> Receipt:
+    """Verify and store one delivery, and nothing else (STRIPE_WEBHOOK_PROCESSING=queued): the
+    worker acts on it. Stripe wants a quick 2xx and delivers again when it gets none, so this
+    is kept to one statement and its commit; the event is durable before the 200.
+
+    On PostgreSQL the statement goes straight to the driver's connection (no unit of work, no
+    statement compiled per request). A duplicate delivery inserts nothing and is answered the
+    same way, whatever became of the event."""
+    event = verified_event(payload, signature, secret=secret, tolerance=tolerance, parsed=parsed)
+    values = _new_event_values(event, now, attempts=0, last_attempt_at=None)
+    if db.session.get_bind().dialect.name == "postgresql":
+        text = payload.decode("utf-8-sig")
+        new = _enqueue_on_driver(values, text)
+    else:
+        new = db.session.execute(_STORE_OTHER, {**values, "payload": event}).first() is not None
+        db.session.commit()
+    return Receipt(event["id"], event["type"], EventStatus.RECEIVED, duplicate=not new)
+
+
+_ENQUEUE_PG = (
+    "INSERT INTO stripe_events (id, type, object_id, stripe_created, livemode, payload, status, "
+    "attempts, received_at) VALUES (%s, %s, %s, %s, %s, %s::json, %s, 0, %s) "
+    "ON CONFLICT (id) DO NOTHING"
+)
+
+
+def _enqueue_on_driver(values: dict, payload_text: str) -> bool:
+    """INSERT ... ON CONFLICT DO NOTHING and COMMIT on a pooled driver connection: True when
+    this delivery stored the event. A database that cannot take it is a 503 (Stripe retries)."""
+    conn = db.engine.raw_connection()
+    dbapi = db.engine.dialect.loaded_dbapi
+    try:
+        cursor = conn.cursor()
+        cursor.execute(
+            _ENQUEUE_PG,
+            (
+                values["id"],
+                values["type"],
+                values["object_id"],
+                values["stripe_created"],
+                values["livemode"],
+                payload_text,
+                EventStatus.RECEIVED,
+                values["received_at"],
+            ),
+        )
+        new = cursor.rowcount == 1
+        cursor.close()
+        conn.commit()
+        return new
+    except dbapi.Error as exc:
+        if isinstance(exc, dbapi.OperationalError):
+            conn.invalidate(exc)  # a dropped connection goes, not back to the pool
+        else:
+            conn.rollback()
+        log.error("Stripe event %s could not be stored: %s", values["id"], exc)
+        raise ServiceUnavailable(
+            "The event could not be stored just now; Stripe will deliver it again.",
+            slug="webhook-not-stored",
+        ) from None
+    finally:
+        conn.close()
 
 
 def _check_event(event) -> None:
@@ -184,11 +281,28 @@ _RECORD_FAILED = (
         traceback=sa.bindparam("new_traceback"),
         attempts=sa.bindparam("new_attempts"),
         last_attempt_at=sa.bindparam("now", type_=_EVENTS.c.last_attempt_at.type),
+        next_attempt_at=sa.bindparam("new_next_attempt_at", type_=_EVENTS.c.next_attempt_at.type),
     )
 )
 _RECORD_DONE = _RECORD_FAILED.values(
     processed_at=sa.bindparam("now", type_=_EVENTS.c.processed_at.type)
 )
+
+
+def _new_event_values(
+    event: dict, now: datetime, *, attempts: int, last_attempt_at: datetime | None
+) -> dict:
+    return {
+        "id": event["id"],
+        "type": event["type"],
+        "object_id": str(event["data"]["object"].get("id") or "")[:255] or None,
+        "stripe_created": datetime.fromtimestamp(event["created"], UTC),
+        "livemode": bool(event.get("livemode")),
+        "status": EventStatus.RECEIVED,
+        "attempts": attempts,
+        "received_at": now,
+        "last_attempt_at": last_attempt_at,
+    }
 
 
 def _store(event: dict, now: datetime, payload: bytes | None = None) -> sa.Row | None:
@@ -199,17 +313,7 @@ def _store(event: dict, now: datetime, payload: bytes | None = None) -> sa.Row |
     One statement on PostgreSQL: the insert and, when the id is already there, the stored
     row's status. A delivery racing with another of the same event waits on the id's unique key
     until the other commits, then finds it stored."""
-    values = {
-        "id": event["id"],
-        "type": event["type"],
-        "object_id": str(event["data"]["object"].get("id") or "")[:255] or None,
-        "stripe_created": datetime.fromtimestamp(event["created"], UTC),
-        "livemode": bool(event.get("livemode")),
-        "status": EventStatus.RECEIVED,
-        "attempts": 1,
-        "received_at": now,
-        "last_attempt_at": now,
-    }
+    values = _new_event_values(event, now, attempts=1, last_attempt_at=now)
     if db.session.get_bind().dialect.name == "postgresql":
         text = payload.decode("utf-8-sig") if payload is not None else json.dumps(event)
         found = db.session.execute(_STORE_PG, {**values, "payload": text}).first()
@@ -256,30 +360,165 @@ def _act(
 ) -> Receipt:
     """Run the event's handler in a savepoint of the transaction that holds the event's row,
     record what came of it on the row, commit."""
+    status, outcome, error, trace = _attempt(
+        event_id, event_type, obj, state_at=state_at, now=now, settings=clinic_settings()
+    )
+    record = _record(event_id, status, outcome, error, trace, attempts, now, _retry_policy())
+    db.session.execute(_RECORD_FAILED if status == EventStatus.FAILED else _RECORD_DONE, record)
+    db.session.commit()
+    if status == EventStatus.FAILED:
+        log.error("Stripe event %s (%s) failed: %s", event_id, event_type, error)
+    return Receipt(event_id, event_type, status, outcome=outcome, error=error)
+
+
+def _attempt(
+    event_id: str, event_type: str, obj: dict, *, state_at: datetime, now: datetime, settings
+) -> tuple[str, str | None, str | None, str | None]:
     ctx = handlers.Context(
         actor=f"stripe:{event_id}",
         now=now,
         event_id=event_id,
         state_at=state_at,
-        settings=clinic_settings(),
+        settings=settings,
     )
-    status, outcome, error, trace = _run(lambda: handlers.apply(event_type, obj, ctx))
-    db.session.execute(
-        _RECORD_FAILED if status == EventStatus.FAILED else _RECORD_DONE,
-        {
-            "event_id": event_id,
-            "new_status": status,
-            "new_outcome": outcome,
-            "new_error": error,
-            "new_traceback": trace,
-            "new_attempts": attempts,
-            "now": now,
-        },
+    return _run(lambda: handlers.apply(event_type, obj, ctx))
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """A failed event is tried again `base_seconds` x 2^(attempts-1) later, and stops being
+    retried by itself after `max_attempts` tries (then staff and `stripe replay`)."""
+
+    base_seconds: float = 30.0
+    max_attempts: int = 8
+
+    def next_attempt(self, attempts: int, now: datetime) -> datetime | None:
+        if attempts >= self.max_attempts:
+            return None
+        return now + timedelta(seconds=self.base_seconds * 2 ** max(attempts - 1, 0))
+
+
+def _retry_policy() -> RetryPolicy:
+    config = current_app.config
+    return RetryPolicy(
+        base_seconds=float(config.get("STRIPE_EVENT_RETRY_SECONDS", 30)),
+        max_attempts=int(config.get("STRIPE_EVENT_MAX_ATTEMPTS", 8)),
     )
+
+
+def _record(
+    event_id: str,
+    status: str,
+    outcome: str | None,
+    error: str | None,
+    trace: str | None,
+    attempts: int,
+    now: datetime,
+    policy: RetryPolicy,
+) -> dict:
+    failed = status == EventStatus.FAILED
+    return {
+        "event_id": event_id,
+        "new_status": status,
+        "new_outcome": outcome,
+        "new_error": error,
+        "new_traceback": trace,
+        "new_attempts": attempts,
+        "new_next_attempt_at": policy.next_attempt(attempts, now) if failed else None,
+        "now": now,
+    }
+
+
+# The worker's claim: events not done, in Stripe's order, each taken by one worker only (rows
+# another worker holds are skipped on PostgreSQL), and counted as an attempt in the same
+# statement. Failed events come back when due and while they have tries left.
+_DUE_AT = sa.bindparam("now", type_=_EVENTS.c.next_attempt_at.type)
+_CLAIM = (
+    _EVENTS.update()
+    .where(
+        _EVENTS.c.id.in_(
+            sa.select(_EVENTS.c.id)
+            .where(
+                _EVENTS.c.status.in_([EventStatus.RECEIVED, EventStatus.FAILED]),
+                sa.or_(
+                    _EVENTS.c.status == EventStatus.RECEIVED,
+                    sa.and_(
+                        _EVENTS.c.next_attempt_at <= _DUE_AT,
+                        _EVENTS.c.attempts < sa.bindparam("max_attempts"),
+                    ),
+                ),
+            )
+            .order_by(_EVENTS.c.stripe_created, _EVENTS.c.id)
+            .limit(sa.bindparam("limit"))
+            .with_for_update(skip_locked=True)
+        )
+    )
+    .values(attempts=_EVENTS.c.attempts + 1, last_attempt_at=_DUE_AT)
+    .returning(
+        _EVENTS.c.id,
+        _EVENTS.c.type,
+        _EVENTS.c.payload,
+        _EVENTS.c.stripe_created,
+        _EVENTS.c.attempts,
+    )
+)
+
+
+def work_batch(
+    *, now: datetime, limit: int = 50, policy: RetryPolicy | None = None
+) -> list[Receipt]:
+    """Act on up to `limit` stored events in one transaction: claimed in Stripe's created
+    order, each handler in its own savepoint (a failure undoes only its own event), what came
+    of each recorded on its row, one commit. An event is acted on and marked done in the same
+    commit, so a crash leaves it waiting, never done twice."""
+    policy = policy or _retry_policy()
+    claimed = db.session.execute(
+        _CLAIM, {"now": now, "limit": limit, "max_attempts": policy.max_attempts}
+    ).all()
+    if not claimed:
+        db.session.rollback()
+        return []
+    claimed.sort(key=lambda row: (row.stripe_created, row.id))
+    settings = clinic_settings()
+    receipts, done, failed = [], [], []
+    for row in claimed:
+        status, outcome, error, trace = _attempt(
+            row.id,
+            row.type,
+            row.payload["data"]["object"],
+            state_at=row.stripe_created,
+            now=now,
+            settings=settings,
+        )
+        record = _record(row.id, status, outcome, error, trace, row.attempts, now, policy)
+        (failed if status == EventStatus.FAILED else done).append(record)
+        receipts.append(Receipt(row.id, row.type, status, outcome=outcome, error=error))
+    if done:
+        db.session.execute(_RECORD_DONE, done)
+    if failed:
+        db.session.execute(_RECORD_FAILED, failed)
     db.session.commit()
-    if status == EventStatus.FAILED:
-        log.error("Stripe event %s (%s) failed: %s", event_id, event_type, error)
-    return Receipt(event_id, event_type, status, outcome=outcome, error=error)
+    for r in receipts:
+        if r.status == EventStatus.FAILED:
+            log.error("Stripe event %s (%s) failed: %s", r.event_id, r.type, r.error)
+    return receipts
+
+
+def drain(
+    *,
+    now: Callable[[], datetime],
+    limit: int = 50,
+    policy: RetryPolicy | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> Counter:
+    """Work batches until none is due (or `should_stop`): what came of the events, counted."""
+    counts: Counter = Counter()
+    while not should_stop():
+        receipts = work_batch(now=now(), limit=limit, policy=policy)
+        if not receipts:
+            break
+        counts.update(r.status for r in receipts)
+    return counts
 
 
 def _run(action: Callable[[], str | None]) -> tuple[str, str | None, str | None, str | None]:

@@ -1,0 +1,102 @@
+"""The Stripe event worker (`flask --app wsgi billing stripe work`): acts on the events the
+webhook stored (STRIPE_WEBHOOK_PROCESSING=queued), batch by batch, in Stripe's created order.
+
+Several workers may run against one PostgreSQL database: each claims its batch with
+FOR UPDATE SKIP LOCKED and marks it done in the transaction that acted on it, so an event is
+acted on by one worker, once. With nothing to do it sleeps STRIPE_WORKER_POLL_SECONDS; SIGTERM
+lets the batch in hand commit, then it exits."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from flask import Flask
+
+from billing import clock
+from billing.extensions import db
+from billing.stripe_sync import service
+
+log = logging.getLogger("billing.stripe.worker")
+
+# After an error outside any one event's handler (the database went away): wait, then go on.
+ERROR_PAUSE_SECONDS = 5.0
+
+
+def run(
+    app: Flask,
+    *,
+    once: bool = False,
+    batch: int | None = None,
+    poll_seconds: float | None = None,
+    stop: threading.Event | None = None,
+    report: Callable[[str], None] = log.info,
+) -> Counter:
+    """Work until stopped (or, with `once`, until nothing is due). Returns what came of the
+    events it acted on, counted by status."""
+    config = app.config
+    batch = batch or int(config.get("STRIPE_WORKER_BATCH", 50))
+    poll = config.get("STRIPE_WORKER_POLL_SECONDS", 0.5) if poll_seconds is None else poll_seconds
+    stop = stop or threading.Event()
+    previous = _stop_on_sigterm(stop)
+    counts: Counter = Counter()
+    report(f"stripe worker started: batches of {batch}, polling every {poll}s")
+    try:
+        while not stop.is_set():
+            try:
+                done = service.drain(now=clock.now, limit=batch, should_stop=stop.is_set)
+            except Exception:
+                db.session.rollback()
+                log.exception("stripe worker: a batch failed; trying again shortly")
+                if once:
+                    raise
+                stop.wait(ERROR_PAUSE_SECONDS)
+                continue
+            finally:
+                db.session.remove()
+            counts.update(done)
+            if done:
+                report("stripe worker: " + ", ".join(f"{k} {v}" for k, v in sorted(done.items())))
+            if once:
+                break
+            stop.wait(poll)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    report("stripe worker stopped")
+    return counts
+
+
+def _stop_on_sigterm(stop: threading.Event):
+    """SIGTERM (systemd, a deploy) ends the loop after the batch in hand; only the main thread
+    may set a handler (a test running the loop in a thread just uses `stop`)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def on_term(_signum, _frame) -> None:
+        stop.set()
+
+    return signal.signal(signal.SIGTERM, on_term)
+
+
+def wait_until_idle(app: Flask, *, timeout: float) -> bool:
+    """True once no event is waiting to be acted on (received); for tests and benchmarks."""
+    import sqlalchemy as sa
+
+    from billing.stripe_sync.models import EventStatus, StripeEvent
+
+    deadline = time.monotonic() + timeout
+    with app.app_context():
+        while time.monotonic() < deadline:
+            waiting = db.session.execute(
+                sa.select(sa.func.count()).where(StripeEvent.status == EventStatus.RECEIVED)
+            ).scalar_one()
+            db.session.remove()
+            if not waiting:
+                return True
+            time.sleep(0.1)
+    return False
