@@ -338,6 +338,129 @@ class Server:
                 self.log_path.unlink()
 
 
+@dataclass
+class Worker:
+    """The Stripe event worker as deployed (`flask --app wsgi billing stripe work`, queued
+    intake), in a process group of its own so it can be stopped or killed -9 as a whole.
+    `faulty=True` runs bench.common.faulty_worker_main instead: handler failures injected on
+    first tries (BENCH_FAIL_FIRST_PERCENT, mode 2 of chosen_for_failure). `nice` as deployed
+    (deploy/billing-stripe-worker.service)."""
+
+    database_url: str
+    env: dict[str, str] = field(default_factory=dict)
+    faulty: bool = False
+    nice: int = 10
+    process: subprocess.Popen | None = None
+    log_path: Path | None = None
+
+    def start(self) -> Worker:
+        log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (kept open while the worker runs)
+            prefix="stripe-worker-", suffix=".log", delete=False
+        )
+        self.log_path = Path(log.name)
+        if self.faulty:
+            args = [sys.executable, "-c", "from bench.common import faulty_worker_main as m; m()"]
+        else:
+            args = [str(VENV_BIN / "flask"), "--app", "wsgi", "billing", "stripe", "work"]
+        if self.nice:
+            args = ["nice", "-n", str(self.nice), *args]
+        self.process = subprocess.Popen(
+            args,
+            env=server_env(self.database_url, STRIPE_WEBHOOK_PROCESSING="queued", **self.env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=str(ROOT),
+        )
+        log.close()
+        return self
+
+    def waiting(self) -> int:
+        """Events not done yet: received, or failed and due another try."""
+        engine = sa.create_engine(self.database_url, poolclass=sa.pool.NullPool)
+        with engine.connect() as conn:
+            n = conn.execute(
+                sa.text(
+                    "SELECT COUNT(*) FROM stripe_events WHERE status = 'received' "
+                    "OR (status = 'failed' AND next_attempt_at IS NOT NULL)"
+                )
+            ).scalar_one()
+        engine.dispose()
+        return int(n)
+
+    def wait_idle(self, timeout: float = 120, poll: float = 0.2) -> float:
+        """Seconds until nothing is waiting (perf_counter time it became so); raises on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"the worker exited:\n{self.log_tail()}")
+            if not self.waiting():
+                return time.perf_counter()
+            time.sleep(poll)
+        raise RuntimeError(f"events still waiting after {timeout}s:\n{self.log_tail()}")
+
+    def log_tail(self, chars: int = 4000) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def stop(self) -> None:
+        """SIGTERM (the batch in hand commits, then it exits), SIGKILL after 30 s."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+        self.process = None
+
+    def kill9(self) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=10)
+
+    def __enter__(self) -> Worker:
+        return self.start() if self.process is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+        if self.log_path is not None:
+            with contextlib.suppress(OSError):
+                self.log_path.unlink()
+
+
+def faulty_worker_main() -> None:
+    """The worker with handler failures injected: an event chosen for mode 2 raises on the
+    first try this process makes (the worker records it failed and tries it again when due)."""
+    from billing import create_app
+    from billing.stripe_sync import handlers, worker
+
+    app = create_app()
+    percent = int(os.environ.get("BENCH_FAIL_FIRST_PERCENT", "0"))
+    failed_once: set[str] = set()
+
+    def failing(handler):
+        def wrapped(obj, ctx):
+            chosen = chosen_for_failure(ctx.event_id or "", percent) == 2
+            if chosen and ctx.event_id not in failed_once:
+                failed_once.add(ctx.event_id)
+                raise RuntimeError(f"injected handler failure for {ctx.event_id}")
+            return handler(obj, ctx)
+
+        return wrapped
+
+    for name, handler in list(handlers.HANDLERS.items()):
+        handlers.HANDLERS[name] = failing(handler)
+    with app.app_context():
+        worker.run(app, report=print)
+
+
 def chosen_for_failure(event_id: str, percent: int) -> int | None:
     """Which failure (0, 1, 2) an event gets on its first delivery, or None: a hash of its id,
     so every gunicorn worker (and the test that checks) agrees without sharing state."""

@@ -8,10 +8,12 @@ the invoices and payments (a digest by Stripe ids) must be identical to what one
 once-each delivery leaves; every event ends processed or ignored, none failed.
 
 In process on both databases (shuffled, sequential); on PostgreSQL also against gunicorn with
-16 sender threads (bench.common.faulty_app injects the failures)."""
+16 sender threads (bench.common.faulty_app injects the failures), inline and queued (gunicorn
+stores, a worker process acts: bench.common.Worker, failures in its handlers injected there)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import random
 import threading
@@ -190,7 +192,11 @@ def storm_on_server(server: common.Server, deliveries: list[dict], senders: int)
     return attempts
 
 
-def _storm_on_gunicorn(members: int, seed: int) -> None:
+def _storm_on_gunicorn(members: int, seed: int, mode: str) -> None:
+    """inline: each delivery acted on in its request, a handler failure a 500 Stripe retries.
+    queued (production's default): gunicorn only stores, a worker process acts, and a handler
+    failure is the worker's to retry (injected in the worker); the senders see only the
+    failures before the app and the lost responses."""
     reference, _ = _clean_digest(members)
     url = common.create_database("storm")
     try:
@@ -201,11 +207,21 @@ def _storm_on_gunicorn(members: int, seed: int) -> None:
             db.engine.dispose()
         rnd = random.Random(seed)
         deliveries = _deliveries(events, rnd, 0.2)
+        failures = {"BENCH_FAIL_FIRST_PERCENT": "15"}
         server = common.Server(
-            url, app="bench.common:faulty_app()", env={"BENCH_FAIL_FIRST_PERCENT": "15"}
+            url,
+            app="bench.common:faulty_app()",
+            env={**failures, "STRIPE_WEBHOOK_PROCESSING": mode},
         )
-        with server:
+        worker = common.Worker(
+            url, env={**failures, "STRIPE_EVENT_RETRY_SECONDS": "0.2"}, faulty=True, nice=0
+        )
+        with server, contextlib.ExitStack() as stack:
+            if mode == "queued":
+                stack.enter_context(worker)
             attempts = storm_on_server(server, deliveries, senders=16)
+            if mode == "queued":
+                worker.wait_idle(timeout=120)
         assert sum(n for k, n in attempts.items() if k > 1) > 0  # failures were injected
         with app.app_context():
             _assert_converged(common.storm_digest(), reference, events)
@@ -221,14 +237,16 @@ def _storm_on_gunicorn(members: int, seed: int) -> None:
 
 
 @pytest.mark.postgres_only
-def test_a_concurrent_storm_on_gunicorn_ends_like_one_clean_delivery():
-    _storm_on_gunicorn(members=QUICK_MEMBERS, seed=11)
+@pytest.mark.parametrize("mode", ["inline", "queued"])
+def test_a_concurrent_storm_on_gunicorn_ends_like_one_clean_delivery(mode):
+    _storm_on_gunicorn(members=QUICK_MEMBERS, seed=11, mode=mode)
 
 
 @pytest.mark.slow
 @pytest.mark.postgres_only
-def test_soak_a_large_concurrent_storm_on_gunicorn():
-    _storm_on_gunicorn(members=1000, seed=12)
+@pytest.mark.parametrize("mode", ["inline", "queued"])
+def test_soak_a_large_concurrent_storm_on_gunicorn(mode):
+    _storm_on_gunicorn(members=1000, seed=12, mode=mode)
 
 
 def test_a_cancel_that_outruns_the_first_payment_is_kept(app):
@@ -262,7 +280,9 @@ def test_two_periods_paid_at_the_same_moment_are_both_counted():
             db.engine.dispose()
         paid = [e for e in events if e["type"] == "invoice.paid"]
         pairs = [paid[i : i + 2] for i in range(0, len(paid), 2)]
-        with common.Server(url, workers=4) as server:
+        # Two handlers at once on one membership: inline, where the request acts.
+        inline = {"STRIPE_WEBHOOK_PROCESSING": "inline"}
+        with common.Server(url, workers=4, env=inline) as server:
             answers: list[tuple[int, str]] = []
 
             def deliver(event: dict, barrier: threading.Barrier) -> None:
