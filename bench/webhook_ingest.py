@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import hashlib
+import hmac
 import json
 import os
 import random
@@ -46,29 +49,58 @@ def _healthz_step():
     return step
 
 
+class _RawConnection(loadgen.Connection):
+    """loadgen's connection, posting a body already serialised: each event is turned into JSON
+    once before the clock starts, and only signed at send time (Stripe's work, not the
+    server's: serialising a 4 KB event twice a delivery cost the load generator 0.27 ms, most
+    of what it spent, on the same 2 cores the server is measured on)."""
+
+    async def request(self, method, path, body=None, headers=None, timeout=30.0):
+        if not isinstance(body, bytes):
+            return await super().request(method, path, body, headers, timeout)
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: {loadgen.HOST}:{self.port}\r\n"
+            + "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+            + f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        for attempt in (1, 2):  # a keep-alive connection the server closed: reopen once
+            if self.writer is None:
+                await self._open()
+            try:
+                self.writer.write(head.encode() + body)
+                return await asyncio.wait_for(self._read(), timeout)
+            except (ConnectionError, asyncio.IncompleteReadError, loadgen.HttpError):
+                await self.close()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+
+def _sign(body: bytes, secret: str) -> str:
+    """Stripe-Signature for `body`, now (as tests.stripe_fixtures.signature, on bytes)."""
+    t = int(time.time())
+    mac = hmac.new(secret.encode(), str(t).encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"t={t},v1={mac}"
+
+
 async def _post_all(plan: dict) -> loadgen.Recorder:
     """`concurrency` senders, each on its keep-alive connection, take the next delivery and post
-    it signed now (the body is what loadgen sends for it: json.dumps of the event), until none is
-    left or the time is up."""
-    from tests import stripe_fixtures as sf
-
-    queue = list(reversed(json.loads(Path(plan["events_file"]).read_text())))
+    it signed now, until none is left or the time is up."""
+    events = json.loads(Path(plan["events_file"]).read_text())
+    queue = [json.dumps(event).encode() for event in reversed(events)]
     rec = loadgen.Recorder()
     rec.started = time.perf_counter()
     deadline = rec.started + plan["seconds"]
 
     async def sender(conn: loadgen.Connection) -> None:
         while queue and time.perf_counter() < deadline:
-            event = queue.pop()
-            signature = sf.signature(json.dumps(event), secret=common.WEBHOOK_SECRET)
-            headers = {"Stripe-Signature": signature}
-            r = await loadgen.timed(
-                rec, conn, "webhook", "POST", "/webhooks/stripe", event, headers
-            )
+            body = queue.pop()
+            headers = {"Stripe-Signature": _sign(body, common.WEBHOOK_SECRET)}
+            r = await loadgen.timed(rec, conn, "webhook", "POST", "/webhooks/stripe", body, headers)
             if r is not None and r.status == 200 and b'"duplicate":true' in r.body:
                 rec.record("duplicate", 0.0, 200)
 
-    conns = [loadgen.Connection(plan["base_url"]) for _ in range(plan["concurrency"])]
+    conns = [_RawConnection(plan["base_url"]) for _ in range(plan["concurrency"])]
     results = await asyncio.gather(*(sender(c) for c in conns), return_exceptions=True)
     rec.finished = time.perf_counter()
     for result in results:
@@ -81,6 +113,7 @@ async def _post_all(plan: dict) -> loadgen.Recorder:
 
 async def _drive(plan: dict) -> dict:
     cpu0 = time.process_time()
+    started_wall = time.time()
     if plan["mode"] == "healthz":
         rec = await loadgen.closed_loop(
             plan["concurrency"], plan["base_url"], _healthz_step(), seconds=plan["seconds"]
@@ -89,6 +122,7 @@ async def _drive(plan: dict) -> dict:
         rec = await _post_all(plan)
     out = rec.as_dict()
     out["driver_cpu_s"] = time.process_time() - cpu0
+    out["started_wall"] = started_wall
     return out
 
 
@@ -122,42 +156,83 @@ def _group_pids(pgid: int) -> list[int]:
     return pids
 
 
-class CpuMeter:
-    """CPU seconds used by the server's processes and the bench database's PostgreSQL backends
-    (read from /proc, so only on Linux and on this machine's PostgreSQL)."""
+WORKER_APP_NAME = "stripe-worker"  # the worker's PostgreSQL backends, told apart by this
 
-    def __init__(self, server: common.Server, url: str):
-        self.server, self.url = server, url
+
+class CpuMeter:
+    """CPU seconds used by gunicorn's processes, the worker's, and the bench database's
+    PostgreSQL backends (the worker's apart, by application_name), read from /proc: only on
+    Linux and on this machine's PostgreSQL."""
+
+    def __init__(self, server: common.Server, url: str, worker: common.Worker | None = None):
+        self.server, self.url, self.worker = server, url, worker
         self.engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
 
-    def _backends(self) -> list[int]:
+    def _backends(self) -> list[tuple[int, str]]:
         with self.engine.connect() as conn:
             return list(
                 conn.execute(
                     sa.text(
-                        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-                        "AND pid <> pg_backend_pid()"
+                        "SELECT pid, application_name FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
                     )
-                ).scalars()
+                ).all()
             )
 
     def sample(self) -> dict[str, float]:
+        backends = self._backends()
+        worker = self.worker.process if self.worker and self.worker.process else None
         return {
             "server": sum(_proc_cpu(p) for p in _group_pids(self.server.process.pid)),
-            "postgres": sum(_proc_cpu(p) for p in self._backends()),
+            "postgres": sum(_proc_cpu(p) for p, name in backends if name != WORKER_APP_NAME),
+            "worker": sum(_proc_cpu(p) for p in _group_pids(worker.pid)) if worker else 0.0,
+            "worker postgres": sum(_proc_cpu(p) for p, name in backends if name == WORKER_APP_NAME),
         }
 
     def close(self) -> None:
         self.engine.dispose()
 
 
-def _per_request(before: dict, after: dict, driver_s: float, n: int) -> dict[str, float]:
+def _per_request(
+    before: dict, after: dict, driver_s: float, n: int, keys: tuple[str, ...] | None = None
+) -> dict[str, float]:
     if not n:
         return {}
-    ms = {k: (after[k] - before[k]) * 1000 / n for k in before}
-    ms["load generator"] = driver_s * 1000 / n
+    ms = {k: (after[k] - before[k]) * 1000 / n for k in (keys or tuple(before))}
+    if driver_s:
+        ms["load generator"] = driver_s * 1000 / n
     ms["total"] = sum(ms.values())
     return {k: round(v, 3) for k, v in ms.items()}
+
+
+def _final_state(url: str) -> dict:
+    """What the events left: stored events by status, and periods granted more than once."""
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        stored = dict(
+            conn.execute(
+                sa.text("SELECT status, COUNT(*) FROM stripe_events GROUP BY status")
+            ).all()
+        )
+        twice = conn.execute(
+            sa.text(
+                "SELECT COUNT(*) FROM (SELECT membership_id, period_start FROM credit_grants "
+                "GROUP BY membership_id, period_start HAVING COUNT(*) > 1) AS twice"
+            )
+        ).scalar_one()
+        grants = conn.execute(sa.text("SELECT COUNT(*) FROM credit_grants")).scalar_one()
+        attempts = dict(
+            conn.execute(
+                sa.text("SELECT attempts, COUNT(*) FROM stripe_events GROUP BY attempts")
+            ).all()
+        )
+    engine.dispose()
+    return {
+        "stored_by_status": stored,
+        "periods_granted_twice": int(twice),
+        "grants": int(grants),
+        "attempts": {str(k): v for k, v in attempts.items()},
+    }
 
 
 def run(args) -> dict:
@@ -181,8 +256,20 @@ def run(args) -> dict:
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
             json.dump(deliveries, f)
             events_file = f.name
-        with common.Server(url, workers=args.workers) as server:
-            meter = CpuMeter(server, url)
+        queued = args.mode == "queued"
+        server = common.Server(
+            url, workers=args.workers, env={"STRIPE_WEBHOOK_PROCESSING": args.mode}
+        )
+        worker = common.Worker(
+            url,
+            env={"PGAPPNAME": WORKER_APP_NAME, "STRIPE_WORKER_BATCH": str(args.batch)},
+            nice=args.worker_nice,
+        )
+        drained_wall = None
+        with server, contextlib.ExitStack() as stack:
+            if queued:  # as deployed: gunicorn and one worker process, started before the run
+                stack.enter_context(worker)
+            meter = CpuMeter(server, url, worker if queued else None)
             base = {"base_url": server.base_url, "concurrency": args.concurrency}
             c0 = meter.sample()
             health = common.run_driver(
@@ -195,6 +282,10 @@ def run(args) -> dict:
                 args.seconds + 120,
             )
             c2 = meter.sample()
+            if queued:
+                worker.wait_idle(timeout=args.seconds + 600, poll=0.1)
+                drained_wall = time.time()
+            c3 = meter.sample()
             again = None
             if args.again:  # every delivery again: all duplicates, acknowledged and nothing more
                 again = common.run_driver(
@@ -202,17 +293,10 @@ def run(args) -> dict:
                     {**base, "mode": "events", "events_file": events_file, "seconds": args.seconds},
                     args.seconds + 120,
                 )
-                c3 = meter.sample()
+                c4 = meter.sample()
             meter.close()
         Path(events_file).unlink()
-        engine = sa.create_engine(url)
-        with engine.connect() as conn:
-            stored = dict(
-                conn.execute(
-                    sa.text("SELECT status, COUNT(*) FROM stripe_events GROUP BY status")
-                ).all()
-            )
-        engine.dispose()
+        final = _final_state(url)
     statuses = Counter(out["statuses"].get("webhook", {}))
     duplicates = out["statuses"].get("duplicate", {}).get("200", 0)
     statuses["200"] -= duplicates  # each counted once, as what it was
@@ -222,7 +306,11 @@ def run(args) -> dict:
     health_n = health["statuses"]["get"].get("200", 0)
     health_rps = health_n / health["elapsed"]
     rate = sent / out["elapsed"]
+    intake_keys = ("server", "postgres")
+    end_to_end_s = (drained_wall - out["started_wall"]) if drained_wall else out["elapsed"]
+    handled = sum(final["stored_by_status"].get(k, 0) for k in ("processed", "ignored", "flagged"))
     result.update(
+        mode=args.mode,
         members=args.members,
         unique_events=len(unique),
         deliveries=len(deliveries),
@@ -230,14 +318,29 @@ def run(args) -> dict:
         accepted=ok,
         duplicates_acknowledged=statuses.get("200-duplicate", 0),
         statuses=dict(statuses),
-        stored_by_status=stored,
+        **final,
         events_per_s=round(rate, 1),
         latency_ms=common.summarize_ms(out["latencies"].get("webhook", [])),
         healthz_per_s=round(health_rps, 1),
         healthz_latency_ms=common.summarize_ms(health["latencies"].get("get", [])),
         share_of_healthz=common.ratio(rate, health_rps),
-        cpu_ms_per_event=_per_request(c1, c2, out["driver_cpu_s"], sent),
-        cpu_ms_per_healthz=_per_request(c0, c1, health["driver_cpu_s"], health_n),
+        cpu_ms_per_event=_per_request(c1, c2, out["driver_cpu_s"], sent, intake_keys),
+        cpu_ms_per_healthz=_per_request(c0, c1, health["driver_cpu_s"], health_n, intake_keys),
+        # What the worker did while the deliveries came in, per delivery (it competes for the
+        # same 2 cores, at nice 10 as deployed).
+        worker_cpu_ms_during_intake=_per_request(c1, c2, 0, sent, ("worker", "worker postgres")),
+        end_to_end_s=round(end_to_end_s, 2),
+        end_to_end_events_per_s=round(handled / end_to_end_s, 1) if end_to_end_s else 0,
+        worker_cpu_ms_per_event=_per_request(c1, c3, 0, len(unique), ("worker", "worker postgres")),
+        drain_after_intake_s=round(drained_wall - out["started_wall"] - out["elapsed"], 2)
+        if drained_wall
+        else 0.0,
+        final_state_ok=(
+            handled == len(unique)
+            and not final["stored_by_status"].get("failed")
+            and not final["stored_by_status"].get("received")
+            and final["periods_granted_twice"] == 0
+        ),
         workers=args.workers,
         concurrency=args.concurrency,
         meets_rate=rate >= 500,
@@ -251,19 +354,26 @@ def run(args) -> dict:
             "duplicates_acknowledged": again["statuses"].get("duplicate", {}).get("200", 0),
             "per_s": round(n / again["elapsed"], 1),
             "latency_ms": common.summarize_ms(again["latencies"].get("webhook", [])),
-            "cpu_ms_per_delivery": _per_request(c2, c3, again["driver_cpu_s"], n),
+            "cpu_ms_per_delivery": _per_request(
+                c3, c4, again["driver_cpu_s"], n, ("server", "postgres")
+            ),
         }
     return result
 
 
 def report(result: dict) -> None:
     lat = result["latency_ms"]
+    queued = result["mode"] == "queued"
     common.print_table(
-        f"webhook_ingest: {result['deliveries']:,} deliveries ({result['unique_events']:,} events, "
-        f"{result['members']:,} members), {result['concurrency']} senders, "
-        f"{result['workers']} workers",
+        f"webhook_ingest ({result['mode']}): {result['deliveries']:,} deliveries "
+        f"({result['unique_events']:,} events, {result['members']:,} members), "
+        f"{result['concurrency']} senders, {result['workers']} gunicorn workers"
+        + (" + 1 event worker" if queued else ""),
         [
-            ("events/s (signed, verified, stored, handled)", result["events_per_s"]),
+            (
+                "intake events/s (verified, stored" + ("" if queued else ", handled") + ")",
+                result["events_per_s"],
+            ),
             ("  p50 ms", lat["p50"]),
             ("  p95 ms", lat["p95"]),
             ("  p99 ms", lat["p99"]),
@@ -275,11 +385,18 @@ def report(result: dict) -> None:
             ("share of /healthz throughput", result["share_of_healthz"]),
             ("target >= 500 events/s met", result["meets_rate"]),
             ("target >= 50 % of /healthz met", result["meets_share"]),
+            ("end to end: first delivery to every event acted on, s", result["end_to_end_s"]),
+            ("  events acted on per s", result["end_to_end_events_per_s"]),
+            ("  worker still draining after the last delivery, s", result["drain_after_intake_s"]),
+            (
+                "final state right (none failed or waiting, no period twice)",
+                result["final_state_ok"],
+            ),
         ],
     )
     event_cpu, health_cpu = result["cpu_ms_per_event"], result["cpu_ms_per_healthz"]
     common.print_table(
-        "CPU ms per request (event | /healthz)",
+        "CPU ms per request (delivery | /healthz)",
         [
             (name, f"{event_cpu.get(name, 0):.3f} | {health_cpu.get(name, 0):.3f}")
             for name in ("server", "postgres", "load generator", "total")
@@ -293,6 +410,15 @@ def report(result: dict) -> None:
             )
         ],
     )
+    if queued:
+        during, per_event = result["worker_cpu_ms_during_intake"], result["worker_cpu_ms_per_event"]
+        common.print_table(
+            "the event worker: CPU ms per event acted on (and per delivery while they came in)",
+            [
+                (name, f"{per_event.get(name, 0):.3f} ({during.get(name, 0):.3f})")
+                for name in ("worker", "worker postgres", "total")
+            ],
+        )
     if "again" in result:
         again = result["again"]
         common.print_table(
@@ -309,6 +435,10 @@ def report(result: dict) -> None:
         json.dumps(result["statuses"]),
         "stored:",
         json.dumps(result["stored_by_status"]),
+        "attempts:",
+        json.dumps(result["attempts"]),
+        "periods granted twice:",
+        result["periods_granted_twice"],
     )
     for sample in result["errors"]:
         print("error sample:", sample)
@@ -327,6 +457,16 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--seconds", type=float, default=600, help="stop sending after this long")
     parser.add_argument("--healthz-seconds", type=float, default=5)
     parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument(
+        "--mode",
+        choices=("queued", "inline"),
+        default="queued",
+        help="queued (production): gunicorn stores, one worker process acts; inline: the old path",
+    )
+    parser.add_argument("--batch", type=int, default=50, help="the worker's events a transaction")
+    parser.add_argument(
+        "--worker-nice", type=int, default=10, help="the worker's nice value (10 as deployed)"
+    )
     parser.add_argument(
         "--again",
         action="store_true",

@@ -6,6 +6,8 @@ key acts only on its own membership (403 otherwise); staff and admin on any."""
 
 from __future__ import annotations
 
+import json
+
 from flask import Blueprint as FlaskBlueprint
 from flask import current_app, jsonify, request
 from flask.views import MethodView
@@ -51,12 +53,7 @@ def stripe_webhook():
             now=clock.now(),
             parsed=parsed,
         )
-        return jsonify(
-            received=True,
-            event_id=receipt.event_id,
-            status=receipt.status,
-            duplicate=receipt.duplicate,
-        )
+        return _acknowledged(receipt)
     receipt = service.receive_webhook(
         request.get_data(),
         request.headers.get("Stripe-Signature"),
@@ -81,6 +78,18 @@ def stripe_webhook():
         duplicate=receipt.duplicate,
         outcome=receipt.outcome,
     )
+
+
+def _acknowledged(receipt: service.Receipt):
+    """{"received": true, "event_id": ..., "status": "received", "duplicate": ...}, written out:
+    jsonify's encoder was a tenth of the whole request's CPU."""
+    event_id = json.dumps(receipt.event_id)
+    duplicate = "true" if receipt.duplicate else "false"
+    body = (
+        f'{{"received":true,"event_id":{event_id},"status":"{receipt.status}",'
+        f'"duplicate":{duplicate}}}\n'
+    )
+    return current_app.response_class(body, mimetype="application/json")
 
 
 blp = Blueprint(

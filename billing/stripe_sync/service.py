@@ -153,7 +153,7 @@ def queue_webhook(
     same way, whatever became of the event."""
     event = verified_event(payload, signature, secret=secret, tolerance=tolerance, parsed=parsed)
     values = _new_event_values(event, now, attempts=0, last_attempt_at=None)
-    if db.session.get_bind().dialect.name == "postgresql":
+    if db.engine.dialect.name == "postgresql":  # no Session made for this request
         text = payload.decode("utf-8-sig")
         new = _enqueue_on_driver(values, text)
     else:
