@@ -485,7 +485,7 @@ def work_batch(
         status, outcome, error, trace = _attempt(
             row.id,
             row.type,
-            row.payload["data"]["object"],
+            _object_of(row.payload),
             state_at=row.stripe_created,
             now=now,
             settings=settings,
@@ -502,6 +502,14 @@ def work_batch(
         if r.status == EventStatus.FAILED:
             log.error("Stripe event %s (%s) failed: %s", r.event_id, r.type, r.error)
     return receipts
+
+
+def _object_of(payload: object) -> dict:
+    """data.object of a stored event; {} for a row that has none (its handler then fails and the
+    event is kept failed, instead of the whole batch failing again and again)."""
+    data = payload.get("data") if isinstance(payload, dict) else None
+    obj = data.get("object") if isinstance(data, dict) else None
+    return obj if isinstance(obj, dict) else {}
 
 
 def drain(
