@@ -17,6 +17,7 @@ at the desk) just takes the local verb."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import traceback as tb
@@ -170,12 +171,16 @@ _ENQUEUE_PG = (
 
 
 def _enqueue_on_driver(values: dict, payload_text: str) -> bool:
-    """INSERT ... ON CONFLICT DO NOTHING and COMMIT on a pooled driver connection: True when
-    this delivery stored the event. A database that cannot take it is a 503 (Stripe retries)."""
+    """INSERT ... ON CONFLICT DO NOTHING on a pooled driver connection, in autocommit: the
+    statement is its own transaction, durable when it returns (one round trip; an INSERT then
+    a COMMIT were two). True when this delivery stored the event. A database that cannot take
+    it is a 503, and Stripe delivers again."""
     conn = db.engine.raw_connection()
+    driver = conn.driver_connection
     dbapi = db.engine.dialect.loaded_dbapi
     try:
-        cursor = conn.cursor()
+        driver.autocommit = True
+        cursor = driver.cursor()
         cursor.execute(
             _ENQUEUE_PG,
             (
@@ -191,19 +196,18 @@ def _enqueue_on_driver(values: dict, payload_text: str) -> bool:
         )
         new = cursor.rowcount == 1
         cursor.close()
-        conn.commit()
         return new
     except dbapi.Error as exc:
         if isinstance(exc, dbapi.OperationalError):
             conn.invalidate(exc)  # a dropped connection goes, not back to the pool
-        else:
-            conn.rollback()
         log.error("Stripe event %s could not be stored: %s", values["id"], exc)
         raise ServiceUnavailable(
             "The event could not be stored just now; Stripe will deliver it again.",
             slug="webhook-not-stored",
         ) from None
     finally:
+        with contextlib.suppress(dbapi.Error):
+            driver.autocommit = False  # back to the pool as the sessions expect it
         conn.close()
 
 

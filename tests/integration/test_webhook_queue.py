@@ -321,3 +321,27 @@ def test_two_workers_racing_never_act_on_one_event_twice(queued, client, clock, 
         sa.select(CreditGrant.membership_id, sa.func.count()).group_by(CreditGrant.membership_id)
     ).all()
     assert len(per_membership) == len(events) and {n for _, n in per_membership} == {1}
+
+
+def test_a_stored_event_without_its_object_fails_alone_and_its_batch_goes_on(
+    queued, client, clock
+):
+    billed = sf.Billed(clock())
+    good = sf.event("invoice.paid", billed.invoice(clock(), clock() + MONTH), created=clock())
+    db.session.add(
+        StripeEvent(
+            id="evt_truncated",
+            type="invoice.paid",
+            stripe_created=clock() - timedelta(minutes=1),
+            payload={"id": "evt_truncated"},
+            status="received",
+            attempts=0,
+            received_at=clock(),
+        )
+    )
+    db.session.commit()
+    sf.post(client, good)
+
+    assert _work(clock) == Counter(failed=1, processed=1)
+    assert _stored("evt_truncated").status == "failed"
+    assert len(_grants(billed.membership.id)) == 1
