@@ -323,9 +323,7 @@ def test_two_workers_racing_never_act_on_one_event_twice(queued, client, clock, 
     assert len(per_membership) == len(events) and {n for _, n in per_membership} == {1}
 
 
-def test_a_stored_event_without_its_object_fails_alone_and_its_batch_goes_on(
-    queued, client, clock
-):
+def test_a_stored_event_without_its_object_fails_alone_and_its_batch_goes_on(queued, client, clock):
     billed = sf.Billed(clock())
     good = sf.event("invoice.paid", billed.invoice(clock(), clock() + MONTH), created=clock())
     db.session.add(
