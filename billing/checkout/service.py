@@ -39,7 +39,7 @@ from billing.memberships.models import Membership, State
 from billing.memberships.service import memberships_usable_by
 from billing.money import Money, div_round_half_up, net_of_tax, tax_on_net
 from billing.plans.models import Category, PlanVersion, Treatment
-from billing.rows import insert_persistent
+from billing.rows import insert_persistent, insert_persistent_unless, insert_with_children
 from billing.settings import ClinicSettings
 from billing.staff import service as staff_service
 from billing.staff.models import Staff
@@ -179,7 +179,10 @@ def _open(
     actor: str,
     now: datetime,
     settings: ClinicSettings,
-) -> Visit:
+    unless_opened_since: datetime | None = None,
+) -> Visit | None:
+    """`unless_opened_since`: open it only if the client has no open visit at this location
+    opened since then (None when there is one), checked by the statement that inserts it."""
     if supervising_staff_id is not None:
         _staff(supervising_staff_id, "supervising_staff_id")
     visit = Visit(
@@ -194,7 +197,12 @@ def _open(
         amount_due_minor=0,
         payment_status="none",
     )
-    insert_persistent(visit)  # the desk's hot path: no unit of work
+    if unless_opened_since is None:
+        insert_persistent(visit)  # the desk's hot path: no unit of work
+    else:
+        twin = {"member_id": member.id, "location_id": loc.id, "since": unless_opened_since}
+        if insert_persistent_unless(visit, _open_visit_today(), twin) is None:
+            return None
     db.session.commit()
     return visit
 
@@ -437,12 +445,19 @@ def redeem_at_desk(
         member, loc, held, parties = _client_and_location(
             member_id, location, hold_opening=True, line=line
         )
-        if held:  # another desk may have opened it while this one waited: look again
-            visit, _ = _todays_open_visit(member_id, location, now, settings)
+        # Holding the client's lock, open the visit unless another desk opened it while this
+        # one waited for the lock; then it is that desk's visit that this line goes on.
+        visit = _open(
+            member,
+            loc,
+            supervising_staff_id,
+            actor=actor,
+            now=now,
+            settings=settings,
+            unless_opened_since=_start_of_today(now, settings) if held else None,
+        )
         if visit is None:
-            visit = _open(
-                member, loc, supervising_staff_id, actor=actor, now=now, settings=settings
-            )
+            visit, _ = _todays_open_visit(member_id, location, now, settings)
     return add_line(
         visit.id,
         locked_visit=visit,
@@ -463,8 +478,7 @@ def _todays_open_visit(
 ) -> tuple[Visit | None, _LineParties | None]:
     """The client's newest open visit opened today (the clinic's day) at this location, locked;
     with `line`, its treatment and provider read by the same statement."""
-    since = start_of_local_day(local_date(now, settings.tz), settings.tz)
-    params = {"member_id": member_id, "location": location, "since": since}
+    params = {"member_id": member_id, "location": location, "since": _start_of_today(now, settings)}
     row = (
         db.session.execute(_todays_visit_query(line is not None), params | _parties_params(line))
         .unique()
@@ -473,6 +487,21 @@ def _todays_open_visit(
     if row is None:
         return None, None
     return row.Visit, (_LineParties(row.Treatment, row.Staff) if line is not None else None)
+
+
+def _start_of_today(now: datetime, settings: ClinicSettings) -> datetime:
+    return start_of_local_day(local_date(now, settings.tz), settings.tz)
+
+
+@functools.cache
+def _open_visit_today() -> sa.Exists:
+    """The client's open visit at this location opened since the clinic's day began."""
+    return sa.exists().where(
+        Visit.member_id == sa.bindparam("member_id"),
+        Visit.location_id == sa.bindparam("location_id"),
+        Visit.state == VisitState.OPEN,
+        Visit.opened_at >= sa.bindparam("since", type_=Visit.opened_at.type),
+    )
 
 
 _OPENING_VISIT = 0x5649_5354  # the advisory lock's first key: "opening a visit for member N"
@@ -636,8 +665,10 @@ def add_line(
         )
     else:
         _charge_line(line, t, picture.usable, now=now, settings=settings)
-    insert_persistent(line)  # then its entries: ledger.append
-    ledger.append(entries, visit_line_id=line.id)
+    # The line and the entries that redeem it: one statement on PostgreSQL.
+    insert_with_children(line, ledger.entry_rows(entries), ledger.ENTRIES, "visit_line_id")
+    for entry in entries:
+        entry.visit_line_id = line.id
     for violation in violations:
         db.session.add(
             RuleOverride(
@@ -708,7 +739,7 @@ def _redeem_line(
             actor=actor,
             commit=False,
             covering=covering,
-            unwritten=True,  # written with the line: ledger.append
+            unwritten=True,  # written with the line: rows.insert_with_children
         )
     except ledger.InsufficientCredits as short:
         # A household partner may have used up their share: with nothing usable, charge it.

@@ -803,27 +803,21 @@ def redeem(
     return result
 
 
-_ENTRIES = LedgerEntry.__table__
-_ENTRY_COLUMNS = [c.key for c in _ENTRIES.c if c.key != "id"]
+ENTRIES = LedgerEntry.__table__
+_ENTRY_COLUMNS = [c.key for c in ENTRIES.c if c.key != "id"]
 
 
-def append(entries: Sequence[LedgerEntry], **fields) -> None:
-    """Write new entries as rows, in one statement and without the ORM's unit of work (the
-    desk's hot path: `redeem(unwritten=True)` hands its entries to checkout, which writes them
-    with the line). `fields` are set on every entry first (e.g. visit_line_id). Append only:
-    nothing here can change an entry once written."""
-    if not entries:
-        return
-    for entry in entries:
-        for name, value in fields.items():
-            setattr(entry, name, value)
-    rows = [{key: getattr(entry, key) for key in _ENTRY_COLUMNS} for entry in entries]
-    db.session.execute(_append_statement(), rows)
+def entry_rows(entries: Sequence[LedgerEntry]) -> list[dict]:
+    """New entries as rows, for the caller that writes them in the statement that writes what
+    they belong to (the desk's hot path: `redeem(unwritten=True)` hands its entries to checkout,
+    which writes them with the line, rows.insert_with_children). Append only: rows to insert,
+    nothing that could change an entry once written."""
+    return [{key: getattr(entry, key) for key in _ENTRY_COLUMNS} for entry in entries]
 
 
 @functools.cache
 def _append_statement() -> sa.Insert:
-    return _ENTRIES.insert()
+    return ENTRIES.insert()
 
 
 def _ever_covered(membership_ids: Sequence[int], treatment_id: int) -> bool:
