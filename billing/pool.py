@@ -11,8 +11,11 @@ dead one is replaced before the request sees it."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
+import psycopg
 import sqlalchemy as sa
+from psycopg import pq
 
 _IDLE_SINCE = "billing.idle_since"
 
@@ -34,3 +37,52 @@ def ping_when_idle(engine: sa.Engine, idle_seconds: float) -> None:
             dialect.do_ping(dbapi_connection)
         except dialect.loaded_dbapi.Error as exc:  # the pool replaces it and tries again
             raise sa.exc.DisconnectionError(f"stale pooled connection: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# psycopg cursors that describe their columns only when asked to
+
+
+def lean_cursors(engine: sa.Engine) -> None:
+    """Install on a psycopg engine: its connections make LeanCursor cursors.
+
+    SQLAlchemy reads `cursor.description` after every statement, but for a compiled statement it
+    has already seen (every statement of the app's hot paths) it only asks whether the result
+    has rows: the column metadata it needs is cached. psycopg builds a Column object per column
+    on every read of `description`, about 1 microsecond each: ~180 of them a redemption for
+    nothing."""
+    if engine.dialect.driver != "psycopg":
+        return
+
+    @sa.event.listens_for(engine, "connect")
+    def _lean(dbapi_connection, _record) -> None:
+        dbapi_connection.cursor_factory = LeanCursor
+
+
+_ROWS = (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.SINGLE_TUPLE, pq.ExecStatus.TUPLES_CHUNK)
+
+
+class LazyDescription(Sequence):
+    """A result's columns, each made when first read (as psycopg's own list would be)."""
+
+    __slots__ = ("_cursor", "_n", "_made")
+
+    def __init__(self, cursor: psycopg.Cursor, n: int) -> None:
+        self._cursor, self._n, self._made = cursor, n, None
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, index):
+        if self._made is None:
+            self._made = [psycopg.Column(self._cursor, i) for i in range(self._n)]
+        return self._made[index]
+
+
+class LeanCursor(psycopg.Cursor):
+    @property
+    def description(self) -> LazyDescription | None:
+        res = self.pgresult
+        if res and (res.nfields or res.status in _ROWS):
+            return LazyDescription(self, res.nfields)
+        return None
