@@ -172,8 +172,8 @@ class CpuMeter:
     PostgreSQL backends (the worker's apart, by application_name), read from /proc: only on
     Linux and on this machine's PostgreSQL."""
 
-    def __init__(self, server: common.Server, url: str, worker: common.Worker | None = None):
-        self.server, self.url, self.worker = server, url, worker
+    def __init__(self, server: common.Server, url: str, workers: list[common.Worker]):
+        self.server, self.url, self.workers = server, url, workers
         self.engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
 
     def _backends(self) -> list[tuple[int, str]]:
@@ -189,11 +189,11 @@ class CpuMeter:
 
     def sample(self) -> dict[str, float]:
         backends = self._backends()
-        worker = self.worker.process if self.worker and self.worker.process else None
+        pids = [w.process.pid for w in self.workers if w.process is not None]
         return {
             "server": sum(_proc_cpu(p) for p in _group_pids(self.server.process.pid)),
             "postgres": sum(_proc_cpu(p) for p, name in backends if name != WORKER_APP_NAME),
-            "worker": sum(_proc_cpu(p) for p in _group_pids(worker.pid)) if worker else 0.0,
+            "worker": sum(_proc_cpu(p) for pid in pids for p in _group_pids(pid)),
             "worker postgres": sum(_proc_cpu(p) for p, name in backends if name == WORKER_APP_NAME),
         }
 
@@ -268,16 +268,19 @@ def run(args) -> dict:
         server = common.Server(
             url, workers=args.workers, env={"STRIPE_WEBHOOK_PROCESSING": args.mode}
         )
-        worker = common.Worker(
-            url,
-            env={"PGAPPNAME": WORKER_APP_NAME, "STRIPE_WORKER_BATCH": str(args.batch)},
-            nice=args.worker_nice,
-        )
+        workers = [
+            common.Worker(
+                url,
+                env={"PGAPPNAME": WORKER_APP_NAME, "STRIPE_WORKER_BATCH": str(args.batch)},
+                nice=args.worker_nice,
+            )
+            for _ in range(args.event_workers if queued else 0)
+        ]
         drained_wall = None
         with server, contextlib.ExitStack() as stack:
-            if queued:  # as deployed: gunicorn and one worker process, started before the run
+            for worker in workers:  # as deployed: gunicorn and the worker, started before the run
                 stack.enter_context(worker)
-            meter = CpuMeter(server, url, worker if queued else None)
+            meter = CpuMeter(server, url, workers)
             base = {"base_url": server.base_url, "concurrency": args.concurrency}
             c0 = meter.sample()
             health = common.run_driver(
@@ -291,7 +294,7 @@ def run(args) -> dict:
             )
             c2 = meter.sample()
             if queued:
-                worker.wait_idle(timeout=args.seconds + 600, poll=0.1)
+                workers[0].wait_idle(timeout=args.seconds + 600, poll=0.1)
                 drained_wall = time.time()
             c3 = meter.sample()
             again = None
@@ -350,6 +353,7 @@ def run(args) -> dict:
             and final["periods_granted_twice"] == 0
         ),
         workers=args.workers,
+        event_workers=len(workers),
         concurrency=args.concurrency,
         meets_rate=rate >= 500,
         meets_share=rate >= 0.5 * health_rps,
@@ -376,7 +380,7 @@ def report(result: dict) -> None:
         f"webhook_ingest ({result['mode']}): {result['deliveries']:,} deliveries "
         f"({result['unique_events']:,} events, {result['members']:,} members), "
         f"{result['concurrency']} senders, {result['workers']} gunicorn workers"
-        + (" + 1 event worker" if queued else ""),
+        + (f" + {result['event_workers']} event worker(s)" if queued else ""),
         [
             (
                 "intake events/s (verified, stored" + ("" if queued else ", handled") + ")",
@@ -470,6 +474,12 @@ def main(argv: list[str] | None = None) -> dict | None:
         choices=("queued", "inline"),
         default="queued",
         help="queued (production): gunicorn stores, one worker process acts; inline: the old path",
+    )
+    parser.add_argument(
+        "--event-workers",
+        type=int,
+        default=1,
+        help="worker processes (1: one a server, as deployed)",
     )
     parser.add_argument("--batch", type=int, default=50, help="the worker's events a transaction")
     parser.add_argument(
