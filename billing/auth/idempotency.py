@@ -83,10 +83,30 @@ def _claim_statement(dialect: str) -> sa.Insert:
     )
 
 
+def _record_response(record_id: int, response: Response) -> None:
+    """Keep the response a retry will be given. On PostgreSQL its body goes in as the text that
+    was sent (cast to json), not parsed and serialised again."""
+    connection = db.session.connection()
+    if connection.dialect.name == "postgresql":
+        body = response.get_data(as_text=True)
+    else:
+        body = response.get_json()
+    connection.execute(
+        _record_response_statement(connection.dialect.name),
+        {"record_id": record_id, "status_code": response.status_code, "response_body": body},
+    )
+
+
 @functools.cache
-def _record_response_statement() -> sa.Update:
+def _record_response_statement(dialect: str) -> sa.Update:
     table = IdempotencyRecord.__table__
-    return table.update().where(table.c.id == sa.bindparam("record_id"))
+    update = table.update().where(table.c.id == sa.bindparam("record_id"))
+    if dialect != "postgresql":
+        return update
+    text = sa.bindparam("response_body", type_=sa.Text)
+    return update.values(
+        status_code=sa.bindparam("status_code"), response_body=sa.cast(text, sa.JSON)
+    )
 
 
 @contextmanager
@@ -130,14 +150,7 @@ def idempotent(required: bool = False) -> Callable:
                 result = view(*args, **kwargs)
                 response = result if isinstance(result, Response) else make_response(result)
             if response.status_code < 500 and response.is_json:
-                db.session.connection().execute(
-                    _record_response_statement(),
-                    {
-                        "record_id": record_id,
-                        "status_code": response.status_code,
-                        "response_body": response.get_json(),
-                    },
-                )
+                _record_response(record_id, response)
                 db.session.commit()
             else:
                 db.session.rollback()
