@@ -278,8 +278,8 @@ def run(args) -> dict:
         ]
         drained_wall = None
         with server, contextlib.ExitStack() as stack:
-            for worker in workers:  # as deployed: gunicorn and the worker, started before the run
-                stack.enter_context(worker)
+            for worker in workers if not args.worker_after_intake else ():
+                stack.enter_context(worker)  # as deployed: started before the run
             meter = CpuMeter(server, url, workers)
             base = {"base_url": server.base_url, "concurrency": args.concurrency}
             c0 = meter.sample()
@@ -293,6 +293,8 @@ def run(args) -> dict:
                 args.seconds + 120,
             )
             c2 = meter.sample()
+            for worker in workers if args.worker_after_intake else ():
+                stack.enter_context(worker)  # the diagnostic: intake without the worker's share
             if queued:
                 workers[0].wait_idle(timeout=args.seconds + 600, poll=0.1)
                 drained_wall = time.time()
@@ -354,6 +356,7 @@ def run(args) -> dict:
         ),
         workers=args.workers,
         event_workers=len(workers),
+        worker_after_intake=args.worker_after_intake,
         concurrency=args.concurrency,
         meets_rate=rate >= 500,
         meets_share=rate >= 0.5 * health_rps,
@@ -380,7 +383,8 @@ def report(result: dict) -> None:
         f"webhook_ingest ({result['mode']}): {result['deliveries']:,} deliveries "
         f"({result['unique_events']:,} events, {result['members']:,} members), "
         f"{result['concurrency']} senders, {result['workers']} gunicorn workers"
-        + (f" + {result['event_workers']} event worker(s)" if queued else ""),
+        + (f" + {result['event_workers']} event worker(s)" if queued else "")
+        + (" started after the intake (diagnostic)" if result["worker_after_intake"] else ""),
         [
             (
                 "intake events/s (verified, stored" + ("" if queued else ", handled") + ")",
@@ -480,6 +484,12 @@ def main(argv: list[str] | None = None) -> dict | None:
         type=int,
         default=1,
         help="worker processes (1: one a server, as deployed)",
+    )
+    parser.add_argument(
+        "--worker-after-intake",
+        action="store_true",
+        help="a diagnostic, not production: start the worker once every delivery is taken, to "
+        "see what intake does without the worker's share of the CPU",
     )
     parser.add_argument("--batch", type=int, default=50, help="the worker's events a transaction")
     parser.add_argument(
