@@ -21,6 +21,7 @@ from flask import (
     request,
     url_for,
 )
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 
@@ -38,6 +39,7 @@ def init_app(app: Flask) -> None:
     from billing.web.cli import users_cli
     from billing.web.present import register_template_helpers
 
+    app.session_interface = _CookieSessions()
     app.config["SESSION_COOKIE_HTTPONLY"] = True
     app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
     app.config["SESSION_COOKIE_SECURE"] = not (app.debug or app.testing)
@@ -52,6 +54,17 @@ def init_app(app: Flask) -> None:
     app.after_request(_security_headers)
     register_template_helpers(app)
     billing_cli.add_command(users_cli)
+
+
+class _CookieSessions(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, opened without building the cookie's signing serializer
+    when the request carries no cookie: every API call (signed by its key, cookie-less) paid for
+    a serializer it never used."""
+
+    def open_session(self, app: Flask, request) -> SecureCookieSession | None:
+        if app.secret_key and not request.cookies.get(self.get_cookie_name(app)):
+            return self.session_class()
+        return super().open_session(app, request)
 
 
 def web_blueprint(name: str, import_name: str, **options) -> Blueprint:
