@@ -19,6 +19,9 @@ class Config:
     SQLALCHEMY_ENGINE_OPTIONS: dict = {}
     # A pooled connection idle longer than this is pinged before use (billing/pool.py); 0: always.
     DB_PING_IDLE_SECONDS = float(_env("DB_PING_IDLE_SECONDS", "1"))
+    # PostgreSQL's plan_cache_mode for the app's connections (billing/pool.py): the desk's
+    # prepared statements were planned again on every execution under `auto`. Empty: the server's.
+    DB_PLAN_CACHE_MODE = _env("DB_PLAN_CACHE_MODE", "force_generic_plan")
     MAX_CONTENT_LENGTH = int(_env("MAX_CONTENT_LENGTH", str(1024 * 1024)))
     JSON_SORT_KEYS = False
     # How long a process trusts an API key it has verified (a statement saved per request);

@@ -39,6 +39,34 @@ def ping_when_idle(engine: sa.Engine, idle_seconds: float) -> None:
             raise sa.exc.DisconnectionError(f"stale pooled connection: {exc}") from exc
 
 
+PLAN_CACHE_MODES = ("auto", "force_generic_plan", "force_custom_plan")
+
+
+def plan_cache_mode(engine: sa.Engine, mode: str | None) -> None:
+    """Install on a PostgreSQL engine: each new connection plans prepared statements `mode`.
+
+    psycopg prepares a statement the fifth time a connection runs it; under PostgreSQL's default
+    (`auto`) a prepared statement is still planned again on every execution while a plan made
+    for its parameters looks cheaper than a generic one, which the desk's statements always do
+    (a redemption's few rows, by key). Planning was a quarter of PostgreSQL's time in a
+    redemption (perf, bench/README.md): `force_generic_plan` plans each statement once per
+    connection. Every query the app prepares is written for that: lookups by key, and the
+    members' search in index ranges rather than LIKE patterns."""
+    if not mode or engine.dialect.name != "postgresql":
+        return
+    if mode not in PLAN_CACHE_MODES:
+        raise RuntimeError(
+            f"DB_PLAN_CACHE_MODE must be one of {', '.join(PLAN_CACHE_MODES)} (or empty), not {mode!r}"
+        )
+
+    @sa.event.listens_for(engine, "connect")
+    def _set_plan_cache_mode(dbapi_connection, _record) -> None:
+        autocommit = dbapi_connection.autocommit
+        dbapi_connection.autocommit = True
+        dbapi_connection.execute(f"SET plan_cache_mode = {mode}")
+        dbapi_connection.autocommit = autocommit
+
+
 # ---------------------------------------------------------------------------------------------
 # psycopg cursors that describe their columns only when asked to
 

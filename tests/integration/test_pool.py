@@ -64,3 +64,31 @@ def test_a_connection_the_database_dropped_while_idle_is_replaced_unseen(
     time.sleep(0.4)
     _request(client, admin)  # answered, on a new connection
     assert pings["n"] == 1
+
+
+@pytest.mark.postgres_only
+def test_prepared_statements_are_planned_once_not_on_every_execution(app, client, admin):
+    """The app's connections plan prepared statements generically (DB_PLAN_CACHE_MODE): a
+    statement run many times on one connection is planned once, never again per execution
+    (under PostgreSQL's `auto` the desk's lookups were planned afresh every time)."""
+    db.session.remove()
+    with db.engine.connect() as conn:
+        assert conn.execute(sa.text("SHOW plan_cache_mode")).scalar_one() == "force_generic_plan"
+        for _ in range(12):  # psycopg prepares a statement on its fifth run
+            conn.execute(sa.text("SELECT id FROM plans WHERE code = :code"), {"code": "x"}).all()
+        generic, custom = conn.execute(
+            sa.text(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+                "WHERE statement LIKE 'SELECT id FROM plans WHERE code = %'"
+            )
+        ).one()
+    assert custom == 0 and generic >= 6  # planned once, then reused on every later run
+
+
+@pytest.mark.postgres_only
+def test_an_unknown_plan_cache_mode_stops_the_start(database_url):
+    from billing import create_app
+    from tests.conftest import _config
+
+    with pytest.raises(RuntimeError, match="DB_PLAN_CACHE_MODE"):
+        create_app(_config(database_url, DB_PLAN_CACHE_MODE="sometimes"))
