@@ -12,6 +12,10 @@ def init_app(app) -> None:
     if mode not in ("inline", "queued"):
         raise RuntimeError(f"STRIPE_WEBHOOK_PROCESSING must be inline or queued, not {mode!r}")
     app.register_blueprint(webhooks)
+    from billing.stripe_sync.intake import WebhookIntake
+
+    # Queued deliveries are taken before Flask (intake.py); the rest, and inline mode, pass on.
+    app.wsgi_app = WebhookIntake(app, app.wsgi_app)
     api.register_blueprint(blp)
     if "stripe" not in billing_cli.commands:
         billing_cli.add_command(stripe_cli)

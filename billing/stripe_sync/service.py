@@ -153,13 +153,21 @@ def queue_webhook(
     statement compiled per request). A duplicate delivery inserts nothing and is answered the
     same way, whatever became of the event."""
     event = verified_event(payload, signature, secret=secret, tolerance=tolerance, parsed=parsed)
-    values = _new_event_values(event, now, attempts=0, last_attempt_at=None)
     if db.engine.dialect.name == "postgresql":  # no Session made for this request
-        text = payload.decode("utf-8-sig")
-        new = _enqueue_on_driver(values, text)
-    else:
-        new = db.session.execute(_STORE_OTHER, {**values, "payload": event}).first() is not None
-        db.session.commit()
+        return enqueue(db.engine, event, payload, now)
+    values = _new_event_values(event, now, attempts=0, last_attempt_at=None)
+    new = db.session.execute(_STORE_OTHER, {**values, "payload": event}).first() is not None
+    db.session.commit()
+    return Receipt(event["id"], event["type"], EventStatus.RECEIVED, duplicate=not new)
+
+
+def enqueue(engine: sa.Engine, event: dict, payload: bytes, now: datetime) -> Receipt:
+    """Store a verified event as `received` on PostgreSQL, as the bytes Stripe signed, in one
+    autocommitted statement: the receipt says whether this delivery was the first. Shared by
+    the Flask view and the intake door in front of Flask (intake.py), which has no app
+    context: hence the engine is passed in."""
+    values = _new_event_values(event, now, attempts=0, last_attempt_at=None)
+    new = _enqueue_on_driver(engine, values, payload.decode("utf-8-sig"))
     return Receipt(event["id"], event["type"], EventStatus.RECEIVED, duplicate=not new)
 
 
@@ -170,14 +178,18 @@ _ENQUEUE_PG = (
 )
 
 
-def _enqueue_on_driver(values: dict, payload_text: str) -> bool:
+def _enqueue_on_driver(engine: sa.Engine, values: dict, payload_text: str) -> bool:
     """INSERT ... ON CONFLICT DO NOTHING on a pooled driver connection, in autocommit: the
     statement is its own transaction, durable when it returns (one round trip; an INSERT then
     a COMMIT were two). True when this delivery stored the event. A database that cannot take
-    it is a 503, and Stripe delivers again."""
-    conn = db.engine.raw_connection()
+    it is a 503, and Stripe delivers again: one that cannot even give a connection too (the
+    pool hands the driver's own error up, unwrapped, which was a 500)."""
+    dbapi = engine.dialect.loaded_dbapi
+    try:
+        conn = engine.raw_connection()
+    except (dbapi.Error, sa.exc.SQLAlchemyError) as exc:
+        raise _not_stored(values["id"], exc) from None
     driver = conn.driver_connection
-    dbapi = db.engine.dialect.loaded_dbapi
     try:
         driver.autocommit = True
         cursor = driver.cursor()
@@ -200,15 +212,19 @@ def _enqueue_on_driver(values: dict, payload_text: str) -> bool:
     except dbapi.Error as exc:
         if isinstance(exc, dbapi.OperationalError):
             conn.invalidate(exc)  # a dropped connection goes, not back to the pool
-        log.error("Stripe event %s could not be stored: %s", values["id"], exc)
-        raise ServiceUnavailable(
-            "The event could not be stored just now; Stripe will deliver it again.",
-            slug="webhook-not-stored",
-        ) from None
+        raise _not_stored(values["id"], exc) from None
     finally:
         with contextlib.suppress(dbapi.Error):
             driver.autocommit = False  # back to the pool as the sessions expect it
         conn.close()
+
+
+def _not_stored(event_id: str, exc: Exception) -> ServiceUnavailable:
+    log.error("Stripe event %s could not be stored: %s", event_id, exc)
+    return ServiceUnavailable(
+        "The event could not be stored just now; Stripe will deliver it again.",
+        slug="webhook-not-stored",
+    )
 
 
 def _check_event(event) -> None:
