@@ -20,6 +20,10 @@ Afterwards the ledger is compared with the responses: every 201 line has exactly
 worth of `redeem` entries, every void exactly one reversal, no redeem entry exists without a 201,
 no credit balance is negative. A double redemption is any of those that is not so (must be 0).
 
+Also reported: the CPU a request cost during the saturation run, split between gunicorn's
+processes and the database's PostgreSQL backends (bench/cpu.py): on a shared 2-core machine it
+moves much less than throughput does with whatever else runs.
+
 Baseline: pgbench at the same concurrency running a comparable transaction on the same server
 (lock one balance row, decrement it, append one ledger row). Targets: p95 < 50 ms and >= 300
 redemptions/s on a 2-core machine."""
@@ -43,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import sqlalchemy as sa  # noqa: E402
 
-from bench import common, loadgen  # noqa: E402
+from bench import common, cpu, loadgen  # noqa: E402
 
 TREATMENT = "hydrafacial"
 
@@ -376,10 +380,15 @@ def run(args) -> dict:
                     __file__, {**base, "seed": 1, "concurrency": 8, "seconds": 3}, timeout_s=60
                 )
             )
+            before = cpu.server_and_database(server.process.pid, url)
             saturation = common.run_driver(
                 __file__,
                 {**base, "seed": args.seed + 1, "seconds": args.saturation_seconds},
                 timeout_s=args.saturation_seconds + 120,
+            )
+            requests = sum(sum(s.values()) for s in saturation["statuses"].values())
+            cpu_ms = cpu.per_request_ms(
+                before, cpu.server_and_database(server.process.pid, url), requests
             )
             runs.append(saturation)
             paced = common.run_driver(
@@ -414,6 +423,7 @@ def run(args) -> dict:
         paced=paced_s,
         paced_lower_rates=lighter,
         saturation=sat_s,
+        saturation_cpu_ms_per_request=cpu_ms,
         errors=paced_s["errors"] + sat_s["errors"],
         audit=checks,
         in_process=sample,
@@ -458,6 +468,10 @@ def report(result: dict) -> None:
             ("saturation (back to back): redemptions/s", sat["redemptions_per_s"]),
             ("  all requests/s (redeem, retry, void)", sat["requests_per_s"]),
             ("  redeem p95 ms", sat["redeem_latency_ms"]["p95"]),
+            *[
+                (f"  CPU ms a request: {who}", ms)
+                for who, ms in result["saturation_cpu_ms_per_request"].items()
+            ],
             ("errors (5xx, transport), both runs", result["errors"]),
             ("refused: no credit left (409)", paced["insufficient_credit_refusals"]),
             (
