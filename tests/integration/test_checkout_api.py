@@ -333,6 +333,33 @@ def test_a_void_in_an_open_visit_gives_the_credit_back(client, staff, clinic, cl
     assert again.status_code == 409
 
 
+def test_units_drawn_from_two_memberships_are_one_line_and_one_void(client, staff, clinic, clock):
+    """25 units where the client's own membership holds 20 and a household one naming them 10:
+    one line, its two redemptions (their own lot emptied, then 5 from the household's), written
+    with the line and given back together by one void."""
+    silver = f.plan([(clinic.botox, 10)], code="silver", price=15000)
+    second = f.active_membership(silver, now=clock(), owner=f.member("Wei", "Tan"))
+    memberships.add_beneficiary(second, clinic.member, actor="test", now=clock())
+    visit = open_visit(client, staff, clinic.member.id)
+    r = add_line(client, staff, visit, "botox", clinic.doctor.id, quantity=25)
+    assert r.status_code == 201, r.get_json()
+    line = r.get_json()
+    entries = db.session.execute(
+        sa.select(LedgerEntry.membership_id, LedgerEntry.quantity)
+        .where(LedgerEntry.visit_line_id == line["id"])
+        .order_by(LedgerEntry.id)
+    ).all()
+    assert entries == [(clinic.membership.id, -20), (second.id, -5)]
+    assert balance(clinic.membership, clinic.botox, clock) == 0
+    assert balance(second, clinic.botox, clock) == 5
+    r = client.post(
+        f"/api/v1/visits/{visit}/lines/{line['id']}/void", json={"reason": "wrong"}, headers=staff
+    )
+    assert r.status_code == 200
+    assert balance(clinic.membership, clinic.botox, clock) == 20
+    assert balance(second, clinic.botox, clock) == 10
+
+
 def test_after_closing_only_an_admin_with_a_reason_may_void(client, staff, admin, clinic, clock):
     visit = open_visit(client, staff, clinic.member.id)
     line = add_line(client, staff, visit, "hydrafacial", clinic.aesthetician.id).get_json()
