@@ -57,33 +57,6 @@ def _healthz_step():
     return step
 
 
-class _RawConnection(loadgen.Connection):
-    """loadgen's connection, posting a body already serialised: each event is turned into JSON
-    once before the clock starts, and only signed at send time (Stripe's work, not the
-    server's: serialising a 4 KB event twice a delivery cost the load generator 0.27 ms, most
-    of what it spent, on the same 2 cores the server is measured on)."""
-
-    async def request(self, method, path, body=None, headers=None, timeout=30.0):
-        if not isinstance(body, bytes):
-            return await super().request(method, path, body, headers, timeout)
-        head = (
-            f"{method} {path} HTTP/1.1\r\nHost: {loadgen.HOST}:{self.port}\r\n"
-            + "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-            + f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-        )
-        for attempt in (1, 2):  # a keep-alive connection the server closed: reopen once
-            if self.writer is None:
-                await self._open()
-            try:
-                self.writer.write(head.encode() + body)
-                return await asyncio.wait_for(self._read(), timeout)
-            except (ConnectionError, asyncio.IncompleteReadError, loadgen.HttpError):
-                await self.close()
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
-
-
 def _sign(body: bytes, secret: str) -> str:
     """Stripe-Signature for `body`, now (as tests.stripe_fixtures.signature, on bytes)."""
     t = int(time.time())
@@ -108,7 +81,7 @@ async def _post_all(plan: dict) -> loadgen.Recorder:
             if r is not None and r.status == 200 and b'"duplicate":true' in r.body:
                 rec.record("duplicate", 0.0, 200)
 
-    conns = [_RawConnection(plan["base_url"]) for _ in range(plan["concurrency"])]
+    conns = [loadgen.Connection(plan["base_url"]) for _ in range(plan["concurrency"])]
     results = await asyncio.gather(*(sender(c) for c in conns), return_exceptions=True)
     rec.finished = time.perf_counter()
     for result in results:
