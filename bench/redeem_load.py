@@ -273,11 +273,84 @@ def seed(url: str, members: int) -> dict:
             member_ids, catalogue.version_id, period_start=start, period_end=end
         )
         common.grant_rows_bulk(ids, period_start=start, period_end=end)
+        seed_history(member_ids, catalogue, now=now)
         key = common.api_key("staff")
         db.session.remove()
         db.engine.dispose()
     common.analyze(url)
     return {"members": member_ids, "provider_id": catalogue.provider_id, "key": key}
+
+
+def seed_history(member_ids: list[int], catalogue: common.Catalogue, *, now: datetime) -> None:
+    """The front desk's last month before the run: for each member a closed visit on an earlier
+    day with a line paid at the desk (no credits: balances stay as seeded), and the
+    Idempotency-Key record its call left. The planner's statistics (ANALYZE after the seed) then
+    describe a clinic's database, not empty visit and key tables: planned for empty tables, the
+    lookups by key (and the foreign-key checks) read whole tables that fill during the run, a
+    scan a redemption growing with the run, which no clinic's database would show."""
+    from billing.auth.models import IdempotencyRecord
+    from billing.checkout.models import Visit, VisitLine
+    from billing.extensions import db
+
+    rnd = random.Random(11)
+    conn = db.session.connection()
+    days = [now - timedelta(days=rnd.randint(2, 30), hours=rnd.randint(0, 8)) for _ in member_ids]
+    visit_ids = common.bulk_insert_returning_ids(
+        conn,
+        Visit.__table__,
+        [
+            {
+                "member_id": member,
+                "location_id": catalogue.location_id,
+                "state": "closed",
+                "opened_at": day,
+                "opened_by": "history",
+                "closed_at": day + timedelta(hours=1),
+                "closed_by": "history",
+                "currency": "SGD",
+                "amount_due_minor": 18000,
+                "payment_status": "paid",
+                "payment_method": "desk",
+            }
+            for member, day in zip(member_ids, days, strict=True)
+        ],
+    )
+    common.bulk_insert(
+        conn,
+        VisitLine.__table__,
+        [
+            {
+                "visit_id": visit,
+                "treatment_id": catalogue.treatment_ids[0],
+                "provider_id": catalogue.provider_id,
+                "quantity": 1,
+                "status": "charged",
+                "list_price_minor": 18000,
+                "discount_minor": 0,
+                "amount_minor": 18000,
+                "currency": "SGD",
+                "performed_at": day,
+                "created_by": "history",
+            }
+            for visit, day in zip(visit_ids, days, strict=True)
+        ],
+    )
+    common.bulk_insert(
+        conn,
+        IdempotencyRecord.__table__,
+        [
+            {
+                "principal": "key:history",
+                "key": uuid.UUID(int=rnd.getrandbits(128)).hex,
+                "request_hash": "0" * 64,
+                "status_code": 201,
+                "response_body": {"visit_id": visit},
+                "created_at": day,
+            }
+            for visit, day in zip(visit_ids, days, strict=True)
+        ],
+    )
+    db.session.commit()
 
 
 def in_process_sample(url: str, seeded: dict, iterations: int = 30) -> dict:

@@ -73,7 +73,7 @@ def _lock_visit_query() -> sa.Select:
     return (
         sa.select(Visit)
         .where(Visit.id == sa.bindparam("visit_id"))
-        .options(joinedload(Visit.member, innerjoin=True))
+        .options(joinedload(Visit.member, innerjoin=True).load_only(*_CLIENT_NAME_ONLY))
         .with_for_update(of=Visit)
         .execution_options(populate_existing=True)
     )
