@@ -60,6 +60,30 @@ def unstorable(text: str) -> bool:
     return _UNSTORABLE.search(text) is not None
 
 
+# In JSON text a NUL or a lone surrogate can only be one of these escapes (once the body is strict
+# UTF-8 without NUL bytes), and an integer past BIGINT has 19 digits or more. Digits are found as
+# a run of zeros once each digit is made a zero: a regex \d{19} tried at every digit took 28 us
+# of a 4 KB body, this 2.
+_GUARDED_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
+_DIGITS_AS_ZEROS = bytes.maketrans(b"123456789", b"000000000")
+_NINETEEN_DIGITS = b"0" * 19
+
+
+def plain_json(body: bytes) -> bool:
+    """A JSON body in which nothing can be what check_request refuses: no string can hold a NUL
+    or a lone surrogate, no number is past BIGINT. Read on the bytes, so the parsed body need not
+    be walked value by value (a match, even inside a string, only means it is walked)."""
+    if b"\x00" in body:
+        return False
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return _GUARDED_ESCAPE.search(body) is None and _NINETEEN_DIGITS not in body.translate(
+        _DIGITS_AS_ZEROS
+    )
+
+
 def check_request() -> None:
     values: list[Any] = [list(request.args.keys()), list(request.args.values())]
     if request.is_json and request.content_length:
@@ -69,9 +93,12 @@ def check_request() -> None:
             raise InvalidInput(
                 "The JSON body is nested too deeply.", slug="json-too-deep"
             ) from None
-        values.append(body)
-        if any(abs(n) > BIG_MAX for n in _numbers(body)):
-            raise InvalidInput("A number in the body is out of range.", slug="number-out-of-range")
+        if not plain_json(request.get_data(cache=True)):
+            values.append(body)
+            if any(abs(n) > BIG_MAX for n in _numbers(body)):
+                raise InvalidInput(
+                    "A number in the body is out of range.", slug="number-out-of-range"
+                )
     for value in values:
         if any(unstorable(text) for text in _strings(value)):
             raise InvalidInput(
