@@ -33,13 +33,14 @@ def create_app(config: Any = None) -> Flask:
     from billing.extensions import api, db, migrate
 
     db.init_app(app)
-    from billing.pool import lean_cursors, ping_when_idle, plan_cache_mode
+    from billing.pool import commit_reads, lean_cursors, ping_when_idle, plan_cache_mode
 
     with app.app_context():
         for engine in db.engines.values():
             ping_when_idle(engine, app.config.get("DB_PING_IDLE_SECONDS", 0))
             lean_cursors(engine)
             plan_cache_mode(engine, app.config.get("DB_PLAN_CACHE_MODE"))
+        commit_reads(app, db)
     migrate.init_app(
         app,
         db,

@@ -92,3 +92,49 @@ def test_an_unknown_plan_cache_mode_stops_the_start(database_url):
 
     with pytest.raises(RuntimeError, match="DB_PLAN_CACHE_MODE"):
         create_app(_config(database_url, DB_PLAN_CACHE_MODE="sometimes"))
+
+
+@pytest.mark.postgres_only
+def test_requests_that_only_read_keep_the_statements_prepared(database_url, clock):
+    """A request that wrote nothing ends with a COMMIT, not a ROLLBACK (on which psycopg drops
+    every prepared statement): the same read over many requests on one connection is prepared
+    once and stays prepared. A request that wrote and failed is still rolled back."""
+    from billing import create_app
+    from billing.plans.models import Plan
+    from tests import factories as f
+    from tests.conftest import _config
+
+    app = create_app(
+        _config(
+            database_url, CLOCK=clock, SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 1, "max_overflow": 0}
+        )
+    )
+    with app.app_context():
+        f.plan([(f.treatment("hydrafacial"), 1)], code="gold")
+        db.session.commit()
+        from billing.auth.service import create_api_key
+
+        key = create_api_key(name="test-admin", role="admin")[1]
+        db.session.remove()
+        client = app.test_client()
+        headers = {"Authorization": f"Bearer {key}"}
+        for _ in range(12):  # each handed back to the pool as at the end of a real request
+            assert client.get("/api/v1/plans", headers=headers).status_code == 200
+            db.session.remove()
+        with db.engine.connect() as conn:  # the one pooled connection the requests used
+            runs = conn.execute(
+                sa.text(
+                    "SELECT max(generic_plans + custom_plans) FROM pg_prepared_statements "
+                    "WHERE statement LIKE 'SELECT plans.%'"
+                )
+            ).scalar_one()
+        assert runs is not None and runs >= 6  # prepared on the 5th request and kept since
+        db.session.remove()
+        # A write that fails is rolled back: nothing of it is kept.
+        r = client.post(
+            "/api/v1/plans", json={"code": "gold", "name": "Gold again"}, headers=headers
+        )
+        assert r.status_code >= 400
+        assert db.session.execute(sa.select(sa.func.count(Plan.id))).scalar_one() == 1
+        db.session.remove()
+        db.engine.dispose()
