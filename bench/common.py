@@ -1227,9 +1227,9 @@ def bearer(key: str) -> dict[str, str]:
 
 
 def analyze(url: str) -> None:
-    """Fresh planner statistics after a bulk load, and its first vacuum done now: left to
-    autovacuum, that pass over every bulk-loaded table (hint bits, the visibility map) ran in
-    the middle of the measurement, a third of the throughput gone in whichever run it hit."""
+    """Fresh planner statistics after a bulk load, and its first vacuum done now (hint bits,
+    the visibility map): otherwise the run pays for them, or, where autovacuum is on, its first
+    pass over every bulk-loaded table lands in the middle of a measurement."""
     engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
         conn.execute(sa.text("VACUUM ANALYZE"))
