@@ -33,7 +33,6 @@ import contextlib
 import hashlib
 import hmac
 import json
-import os
 import random
 import sys
 import time
@@ -44,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import sqlalchemy as sa  # noqa: E402
 
-from bench import common, loadgen  # noqa: E402
+from bench import common, cpu, loadgen  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # The load generator (runs in its own process: `--drive plan.json`)
@@ -116,27 +115,6 @@ def drive_main(plan_path: str, out_path: str) -> None:
 # CPU per request: /proc of the gunicorn process group and of the database's backends
 
 
-def _proc_cpu(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _group_pids(pgid: int) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.getpgid(int(entry)) == pgid:
-                    pids.append(int(entry))
-            except OSError:
-                continue
-    return pids
-
-
 WORKER_APP_NAME = "stripe-worker"  # the worker's PostgreSQL backends, told apart by this
 
 
@@ -147,31 +125,21 @@ class CpuMeter:
 
     def __init__(self, server: common.Server, url: str, workers: list[common.Worker]):
         self.server, self.url, self.workers = server, url, workers
-        self.engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
-
-    def _backends(self) -> list[tuple[int, str]]:
-        with self.engine.connect() as conn:
-            return list(
-                conn.execute(
-                    sa.text(
-                        "SELECT pid, application_name FROM pg_stat_activity "
-                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                    )
-                ).all()
-            )
 
     def sample(self) -> dict[str, float]:
-        backends = self._backends()
+        backends = cpu.backends(self.url)
         pids = [w.process.pid for w in self.workers if w.process is not None]
         return {
-            "server": sum(_proc_cpu(p) for p in _group_pids(self.server.process.pid)),
-            "postgres": sum(_proc_cpu(p) for p, name in backends if name != WORKER_APP_NAME),
-            "worker": sum(_proc_cpu(p) for pid in pids for p in _group_pids(pid)),
-            "worker postgres": sum(_proc_cpu(p) for p, name in backends if name == WORKER_APP_NAME),
+            "server": sum(cpu.proc_cpu(p) for p in cpu.group_pids(self.server.process.pid)),
+            "postgres": sum(cpu.proc_cpu(p) for p, name in backends if name != WORKER_APP_NAME),
+            "worker": sum(cpu.proc_cpu(p) for pid in pids for p in cpu.group_pids(pid)),
+            "worker postgres": sum(
+                cpu.proc_cpu(p) for p, name in backends if name == WORKER_APP_NAME
+            ),
         }
 
     def close(self) -> None:
-        self.engine.dispose()
+        """Nothing held between samples (each reads pg_stat_activity on a connection of its own)."""
 
 
 def _per_request(
