@@ -43,17 +43,9 @@ def stripe_webhook():
     config = current_app.config
     # The body as JSON, read once: the request guard has parsed it already.
     parsed = request.get_json(silent=True) if request.is_json else None
-    if config.get("STRIPE_WEBHOOK_PROCESSING") == "queued":
-        receipt = service.queue_webhook(
-            request.get_data(),
-            request.headers.get("Stripe-Signature"),
-            secret=config.get("STRIPE_WEBHOOK_SECRET"),
-            tolerance=int(config.get("STRIPE_WEBHOOK_TOLERANCE", 300)),
-            now=clock.now(),
-            parsed=parsed,
-        )
-        return _acknowledged(receipt)
-    receipt = service.receive_webhook(
+    queued = config.get("STRIPE_WEBHOOK_PROCESSING") == "queued"
+    take = service.queue_webhook if queued else service.receive_webhook
+    receipt = take(
         request.get_data(),
         request.headers.get("Stripe-Signature"),
         secret=config.get("STRIPE_WEBHOOK_SECRET"),
@@ -61,6 +53,8 @@ def stripe_webhook():
         now=clock.now(),
         parsed=parsed,
     )
+    if queued:
+        return _acknowledged(receipt)
     if receipt.status == EventStatus.FAILED:
         return problem(
             500,
