@@ -214,8 +214,67 @@ def server_env(database_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
+class _ProcessGroup:
+    """A process started in a session of its own (its pid is its group's id), so that it can be
+    stopped, or killed -9, as a whole and only it: `process` and `log_path` are the subclass's."""
+
+    process: subprocess.Popen | None
+    log_path: Path | None
+    stop_grace_s: float = 15
+
+    def log_tail(self, chars: int = 4000) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def stop(self) -> None:
+        """SIGTERM to the group (a graceful stop), SIGKILL if it is still there after the grace."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=self.stop_grace_s)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+        self._reap_group()
+        self.process = None
+
+    def kill9(self) -> None:
+        """The crash: SIGKILL to the group leader and every child at once, no goodbye."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=10)
+        self._reap_group()
+
+    def _reap_group(self) -> None:
+        # Children orphaned by a killed leader share its group id (the leader's pid).
+        pgid = self.process.pid if self.process else None
+        if pgid is None:
+            return
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+            time.sleep(0.05)
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+        if self.log_path is not None:
+            with contextlib.suppress(OSError):
+                self.log_path.unlink()
+
+
 @dataclass
-class Server:
+class Server(_ProcessGroup):
     """gunicorn on 127.0.0.1 in a process group of its own, so it can be stopped (or killed -9)
     as a whole, and only it."""
 
@@ -284,62 +343,12 @@ class Server:
             time.sleep(0.1)
         raise RuntimeError(f"gunicorn did not answer within {wait_seconds}s:\n{self.log_tail()}")
 
-    def log_tail(self, chars: int = 4000) -> str:
-        if self.log_path is None or not self.log_path.exists():
-            return ""
-        return self.log_path.read_text(errors="replace")[-chars:]
-
-    def stop(self) -> None:
-        """SIGTERM to the group (a graceful stop), SIGKILL if it is still there after 15 s."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill9()
-        self._reap_group()
-        self.process = None
-
-    def kill9(self) -> None:
-        """The crash: SIGKILL to the master and every worker at once, no goodbye."""
-        if self.process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=10)
-        self._reap_group()
-
-    def _reap_group(self) -> None:
-        # Workers orphaned by a killed master share its group id (the master's pid).
-        pgid = self.process.pid if self.process else None
-        if pgid is None:
-            return
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(pgid, 0)
-            except ProcessLookupError:
-                return
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGKILL)
-            time.sleep(0.05)
-
     def __enter__(self) -> Server:
         return self.start() if self.process is None else self
 
-    def __exit__(self, *exc) -> None:
-        self.stop()
-        if self.log_path is not None:
-            with contextlib.suppress(OSError):
-                self.log_path.unlink()
-
 
 @dataclass
-class Worker:
+class Worker(_ProcessGroup):
     """The Stripe event worker as deployed (`flask --app wsgi billing stripe work`, queued
     intake), in a process group of its own so it can be stopped or killed -9 as a whole.
     `faulty=True` runs bench.common.faulty_worker_main instead: handler failures injected on
@@ -352,6 +361,7 @@ class Worker:
     nice: int = 10
     process: subprocess.Popen | None = None
     log_path: Path | None = None
+    stop_grace_s = 30  # SIGTERM: the batch in hand commits, then it exits
 
     def start(self) -> Worker:
         log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (kept open while the worker runs)
@@ -399,40 +409,8 @@ class Worker:
             time.sleep(poll)
         raise RuntimeError(f"events still waiting after {timeout}s:\n{self.log_tail()}")
 
-    def log_tail(self, chars: int = 4000) -> str:
-        if self.log_path is None or not self.log_path.exists():
-            return ""
-        return self.log_path.read_text(errors="replace")[-chars:]
-
-    def stop(self) -> None:
-        """SIGTERM (the batch in hand commits, then it exits), SIGKILL after 30 s."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill9()
-        self.process = None
-
-    def kill9(self) -> None:
-        if self.process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=10)
-
     def __enter__(self) -> Worker:
         return self.start() if self.process is None else self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-        if self.log_path is not None:
-            with contextlib.suppress(OSError):
-                self.log_path.unlink()
 
 
 def faulty_worker_main() -> None:
