@@ -83,10 +83,9 @@ def insert_with_children(
     data-modifying WITH, the children selected from it); elsewhere one for each."""
     if not children or db.session.get_bind().dialect.name != "postgresql":
         insert_persistent(parent)
-        for child in children:
-            child[foreign_key] = parent.id  # type: ignore[attr-defined]
         if children:
-            db.session.connection().execute(child_table.insert(), list(children))
+            rows = [{**child, foreign_key: parent.id} for child in children]  # type: ignore[attr-defined]
+            db.session.connection().execute(child_table.insert(), rows)
         return parent
     values = _row_values(parent)
     table: sa.Table = parent.__table__  # type: ignore[attr-defined]
@@ -98,8 +97,6 @@ def insert_with_children(
     for i, child in enumerate(children):
         params.update(_prefixed({k: child[k] for k in child_keys}, f"c{i}_"))
     row_id = db.session.connection().execute(statement, params).scalars().first()
-    for child in children:
-        child[foreign_key] = row_id
     return _persistent(parent, row_id)
 
 

@@ -508,15 +508,20 @@ def _start_of_today(now: datetime, settings: ClinicSettings) -> datetime:
     return start_of_local_day(local_date(now, settings.tz), settings.tz)
 
 
-@functools.cache
-def _open_visit_today() -> sa.Exists:
-    """The client's open visit at this location opened since the clinic's day began."""
-    return sa.exists().where(
+def _open_since() -> tuple:
+    """The client's visit still open, opened since `since` (the clinic's day began): today's
+    visit, as the desk's one call finds it and as opening one checks it is not there yet."""
+    return (
         Visit.member_id == sa.bindparam("member_id"),
-        Visit.location_id == sa.bindparam("location_id"),
         Visit.state == VisitState.OPEN,
         Visit.opened_at >= sa.bindparam("since", type_=Visit.opened_at.type),
     )
+
+
+@functools.cache
+def _open_visit_today() -> sa.Exists:
+    """The client's open visit of today at this location (by its id)."""
+    return sa.exists().where(*_open_since(), Visit.location_id == sa.bindparam("location_id"))
 
 
 _OPENING_VISIT = 0x5649_5354  # the advisory lock's first key: "opening a visit for member N"
@@ -528,12 +533,7 @@ def _todays_visit_query(with_parties: bool) -> sa.Select:
     query = (
         sa.select(Visit)
         .join(Location, Visit.location_id == Location.id)
-        .where(
-            Visit.member_id == sa.bindparam("member_id"),
-            Location.code == sa.bindparam("location"),
-            Visit.state == VisitState.OPEN,
-            Visit.opened_at >= sa.bindparam("since", type_=Visit.opened_at.type),
-        )
+        .where(*_open_since(), Location.code == sa.bindparam("location"))
         .options(joinedload(Visit.member, innerjoin=True).load_only(*_CLIENT_NAME_ONLY))
         .order_by(Visit.id.desc())
         .with_for_update(of=Visit)
@@ -683,8 +683,6 @@ def add_line(
         _charge_line(line, t, picture.usable, now=now, settings=settings)
     # The line and the entries that redeem it: one statement on PostgreSQL.
     insert_with_children(line, ledger.entry_rows(entries), ledger.ENTRIES, "visit_line_id")
-    for entry in entries:
-        entry.visit_line_id = line.id
     for violation in violations:
         db.session.add(
             RuleOverride(
