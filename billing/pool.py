@@ -121,6 +121,7 @@ class LeanCursor(psycopg.Cursor):
 # Requests that only read end with a COMMIT
 
 _WROTE = "billing.wrote"
+_COUNTED = ("INSERT", "UPDATE", "DELETE")  # a row count of 0: nothing changed
 
 
 def commit_reads(app: Flask, db) -> None:
@@ -131,16 +132,20 @@ def commit_reads(app: Flask, db) -> None:
     in case the transaction dropped what they name; the app's never do), so every desk lookup,
     page and replayed retry made the statements of the next requests be parsed and planned again
     until their fifth run: in the redemption bench (a tenth of the calls are retries) close to
-    half the statements ran unprepared. A transaction that sent anything but a SELECT, or whose
-    session holds changes not yet sent, is rolled back as before."""
+    half the statements ran unprepared. A transaction that changed a row, or sent anything but
+    a SELECT or an INSERT, UPDATE or DELETE (whose row count says whether it changed one), or
+    whose session holds changes not yet sent, is rolled back as before. So a replayed retry,
+    whose claim on its Idempotency-Key inserted nothing, commits too."""
     for engine in db.engines.values():
         if engine.dialect.driver != "psycopg":
             continue
 
-        @sa.event.listens_for(engine, "before_cursor_execute")
-        def _note_writes(conn, _cursor, statement, _params, _context, _many) -> None:
-            if statement.lstrip()[:6].upper() != "SELECT":
-                conn.info[_WROTE] = True
+        @sa.event.listens_for(engine, "after_cursor_execute")
+        def _note_writes(conn, cursor, statement, _params, _context, _many) -> None:
+            verb = statement.lstrip()[:6].upper()
+            if verb == "SELECT" or (verb in _COUNTED and cursor.rowcount == 0):
+                return
+            conn.info[_WROTE] = True
 
         @sa.event.listens_for(engine, "commit")
         @sa.event.listens_for(engine, "rollback")

@@ -145,12 +145,7 @@ def idempotent(required: bool = False) -> Callable:
                         "moment.",
                         slug="idempotency-in-progress",
                     )
-                response = _replay(existing, request_hash)
-                # Nothing was written (the claim found the key): end the transaction with a
-                # COMMIT, not the teardown's ROLLBACK, on which psycopg forgets every statement
-                # it prepared on the connection (billing/pool.py).
-                db.session.commit()
-                return response
+                return _replay(existing, request_hash)
             with _one_transaction():
                 result = view(*args, **kwargs)
                 response = result if isinstance(result, Response) else make_response(result)

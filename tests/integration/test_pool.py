@@ -121,15 +121,15 @@ def test_requests_that_only_read_keep_the_statements_prepared(database_url, cloc
         for _ in range(12):  # each handed back to the pool as at the end of a real request
             assert client.get("/api/v1/plans", headers=headers).status_code == 200
             db.session.remove()
-        with db.engine.connect() as conn:  # the one pooled connection the requests used
-            runs = conn.execute(
-                sa.text(
-                    "SELECT max(generic_plans + custom_plans) FROM pg_prepared_statements "
-                    "WHERE statement LIKE 'SELECT plans.%'"
-                )
-            ).scalar_one()
-        assert runs is not None and runs >= 6  # prepared on the 5th request and kept since
-        db.session.remove()
+        assert _runs_of_plans_lookup() >= 6  # prepared on the 5th request and kept since
+        # A retry replayed from its Idempotency-Key wrote nothing (its claim inserted no row):
+        # it keeps them too.
+        retry = {**headers, "Idempotency-Key": "add-mei"}
+        body = {"first_name": "Mei", "last_name": "Tan", "email": "mei@example.com"}
+        for _ in range(3):
+            assert client.post("/api/v1/members", json=body, headers=retry).status_code == 201
+            db.session.remove()
+        assert _runs_of_plans_lookup() >= 6
         # A write that fails is rolled back: nothing of it is kept.
         r = client.post(
             "/api/v1/plans", json={"code": "gold", "name": "Gold again"}, headers=headers
@@ -138,3 +138,18 @@ def test_requests_that_only_read_keep_the_statements_prepared(database_url, cloc
         assert db.session.execute(sa.select(sa.func.count(Plan.id))).scalar_one() == 1
         db.session.remove()
         db.engine.dispose()
+
+
+def _runs_of_plans_lookup() -> int:
+    """How often the one pooled connection ran the plans lookup as a prepared statement (0 when
+    it holds none); read in a transaction that ends with a COMMIT, so reading keeps them."""
+    with db.engine.connect() as conn:
+        runs = conn.execute(
+            sa.text(
+                "SELECT coalesce(max(generic_plans + custom_plans), 0) FROM pg_prepared_statements "
+                "WHERE statement LIKE 'SELECT plans.%'"
+            )
+        ).scalar_one()
+        conn.commit()
+    db.session.remove()
+    return int(runs)
