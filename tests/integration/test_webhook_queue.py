@@ -343,3 +343,23 @@ def test_a_stored_event_without_its_object_fails_alone_and_its_batch_goes_on(que
     assert _work(clock) == Counter(failed=1, processed=1)
     assert _stored("evt_truncated").status == "failed"
     assert len(_grants(billed.membership.id)) == 1
+
+
+@pytest.mark.parametrize("niceness, written", [(10, "10"), (0, None)])
+def test_a_niced_worker_lowers_its_whole_autogroup(tmp_path, monkeypatch, niceness, written):
+    """With autogroup scheduling a nice value counts only inside the process's group: a nice-10
+    worker in a session of its own took a third of the machine from the webhook intake."""
+    from billing.stripe_sync import worker
+
+    group = tmp_path / "autogroup"
+    group.write_text("")
+    monkeypatch.setattr(worker.os, "nice", lambda increment: niceness)
+    assert worker.yield_cpu(str(group)) == (int(written) if written else None)
+    assert group.read_text() == (written or "")
+
+
+def test_a_worker_without_an_autogroup_runs_on(tmp_path, monkeypatch):
+    from billing.stripe_sync import worker
+
+    monkeypatch.setattr(worker.os, "nice", lambda increment: 10)
+    assert worker.yield_cpu(str(tmp_path / "no-such-dir" / "autogroup")) is None
