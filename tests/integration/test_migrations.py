@@ -38,6 +38,22 @@ def _diff(connection) -> list:
     ]
 
 
+def _payload_compression(engine) -> str:
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.text(
+                "SELECT attcompression FROM pg_attribute "
+                "WHERE attrelid = 'stripe_events'::regclass AND attname = 'payload'"
+            )
+        ).scalar_one()
+
+
+@pytest.mark.skipif(not IS_POSTGRES, reason="TOAST compression is PostgreSQL's")
+def test_a_schema_built_from_the_models_stores_stripe_payloads_with_lz4(app):
+    with app.app_context():
+        assert _payload_compression(db.engine) == "l"
+
+
 def test_upgrade_from_empty_matches_the_models_and_downgrades_to_base(empty_database_url):
     app = create_app(_config(empty_database_url, SCHEMA_FROM_MODELS=False))
     with app.app_context():
@@ -46,6 +62,8 @@ def test_upgrade_from_empty_matches_the_models_and_downgrades_to_base(empty_data
             assert _diff(conn) == []
             tables = set(sa.inspect(conn).get_table_names())
         assert {"ledger_entries", "credits", "memberships", "treatments"} <= tables
+        if IS_POSTGRES:
+            assert _payload_compression(db.engine) == "l"  # lz4: migration 0005
         assert app.test_client().get("/readyz").get_json()["migrations"] == "at head"
         downgrade(revision="base")
         with db.engine.connect() as conn:
