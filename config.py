@@ -55,6 +55,10 @@ class Config:
     STRIPE_WEBHOOK_PROCESSING = _env("STRIPE_WEBHOOK_PROCESSING", "queued")
     STRIPE_WORKER_BATCH = int(_env("STRIPE_WORKER_BATCH", "50"))  # events a transaction
     STRIPE_WORKER_POLL_SECONDS = float(_env("STRIPE_WORKER_POLL_SECONDS", "0.5"))
+    # A storm (more than STORM_BACKLOG events waiting, and more coming): the worker stands aside
+    # for up to STORM_DEFER_SECONDS so the webhook answers Stripe in time; 0 turns it off.
+    STRIPE_WORKER_STORM_BACKLOG = int(_env("STRIPE_WORKER_STORM_BACKLOG", "200"))
+    STRIPE_WORKER_STORM_DEFER_SECONDS = float(_env("STRIPE_WORKER_STORM_DEFER_SECONDS", "30"))
     # A failed event is tried again after RETRY_SECONDS x 2^(attempts-1), up to MAX_ATTEMPTS
     # tries in all; then it stays failed for staff and `flask billing stripe replay`.
     STRIPE_EVENT_RETRY_SECONDS = float(_env("STRIPE_EVENT_RETRY_SECONDS", "30"))

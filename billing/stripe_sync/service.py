@@ -531,6 +531,18 @@ def _object_of(payload: object) -> dict:
     return obj if isinstance(obj, dict) else {}
 
 
+# The events waiting for the worker, counted from the pending index (a literal status, so the
+# partial index applies under generic plans), up to a cap: the worker looks before each batch.
+_WAITING = sa.text(
+    "SELECT COUNT(*) FROM (SELECT 1 FROM stripe_events WHERE status = 'received' LIMIT :cap) w"
+)
+
+
+def waiting(cap: int = 100_000) -> int:
+    """Events stored and not yet acted on (up to `cap`): the worker's backlog."""
+    return int(db.session.execute(_WAITING, {"cap": cap}).scalar_one())
+
+
 def drain(
     *,
     now: Callable[[], datetime],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections import Counter
 from datetime import timedelta
 
@@ -363,3 +364,77 @@ def test_a_worker_without_an_autogroup_runs_on(tmp_path, monkeypatch):
 
     monkeypatch.setattr(worker.os, "nice", lambda increment: 10)
     assert worker.yield_cpu(str(tmp_path / "no-such-dir" / "autogroup")) is None
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_the_worker_stands_aside_while_a_storm_grows_then_works_flat_out():
+    from billing.stripe_sync.worker import IntakeFirst
+
+    clock = _Clock()
+    storm = IntakeFirst(backlog=200, defer_seconds=30, clock=clock)
+    assert storm.should_wait(0) is False  # the first look: nothing to compare with
+    assert storm.should_wait(900) is True  # 900 waiting, and more than a moment ago
+    clock.t += 10
+    assert storm.should_wait(4000) is True
+    clock.t += 21  # 31 s standing aside: enough, whatever keeps coming
+    assert storm.should_wait(6000) is False
+    assert storm.should_wait(6050) is False
+    assert storm.should_wait(5900) is False  # catching up: the storm is over for it
+    assert storm.should_wait(7000) is True  # a new one: stands aside again
+
+
+def test_a_trickle_of_events_is_acted_on_at_once():
+    from billing.stripe_sync.worker import IntakeFirst
+
+    storm = IntakeFirst(backlog=200, defer_seconds=30, clock=_Clock())
+    assert [storm.should_wait(n) for n in (0, 1, 3, 40, 199, 150)] == [False] * 6
+    off = IntakeFirst(backlog=200, defer_seconds=0, clock=_Clock())
+    assert off.active is False
+
+
+def test_the_worker_loop_waits_out_a_storm_then_acts_on_every_event(queued, client, monkeypatch):
+    """The loop itself: while the backlog grows past the threshold it starts no batch; once
+    the storm has passed (no more growth) it acts on what is waiting."""
+    from billing.stripe_sync import worker
+
+    looks: list[int] = []
+    backlog = iter([0, 5, 10, 12])  # growing from the second look, then still
+
+    def waiting(cap: int = 100_000) -> int:
+        looks.append(next(backlog, 12))
+        return looks[-1]
+
+    started_at: list[int] = []
+    real_drain = worker.service.drain
+
+    def drain(**kw):
+        started_at.append(looks[-1])
+        return real_drain(**kw)
+
+    monkeypatch.setattr(worker.service, "waiting", waiting)
+    monkeypatch.setattr(worker.service, "drain", drain)
+    queued.config.update(STRIPE_WORKER_STORM_BACKLOG=3, STRIPE_WORKER_STORM_DEFER_SECONDS=30)
+    stop = threading.Event()
+
+    def work() -> None:
+        with queued.app_context():  # as the CLI command runs it
+            worker.run(queued, poll_seconds=0.01, stop=stop, report=lambda _m: None)
+
+    runner = threading.Thread(target=work)
+    runner.start()
+    deadline = time.monotonic() + 5
+    while len(looks) < 8 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop.set()
+    runner.join(5)
+    assert looks[:4] == [0, 5, 10, 12]
+    assert started_at[0] == 0  # nothing waiting yet: it looks, and drains
+    assert 5 not in started_at and 10 not in started_at  # the storm: no batch
+    assert 12 in started_at  # the storm over: back to work
