@@ -212,7 +212,10 @@ def run(args) -> dict:
             events_file = f.name
         queued = args.mode == "queued"
         server = common.Server(
-            url, workers=args.workers, env={"STRIPE_WEBHOOK_PROCESSING": args.mode}
+            url,
+            workers=args.workers,
+            threads=args.threads,
+            env={"STRIPE_WEBHOOK_PROCESSING": args.mode},
         )
         workers = [
             common.Worker(
@@ -416,6 +419,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         "--duplicates", type=float, default=0.2, help="share of deliveries that repeat"
     )
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=4, help="gthread threads per worker")
     parser.add_argument("--seconds", type=float, default=600, help="stop sending after this long")
     parser.add_argument("--healthz-seconds", type=float, default=5)
     parser.add_argument("--seed", type=int, default=5)
