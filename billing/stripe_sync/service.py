@@ -43,7 +43,7 @@ from billing.settings import clinic_settings
 from billing.stripe_sync import gateway as gateway_module
 from billing.stripe_sync import handlers
 from billing.stripe_sync.gateway import Gateway, PaymentDeclined
-from billing.stripe_sync.models import EventStatus, StripeEvent
+from billing.stripe_sync.models import PENDING, EventStatus, StripeEvent
 
 log = logging.getLogger(__name__)
 DONE = {EventStatus.PROCESSED, EventStatus.IGNORED, EventStatus.FLAGGED}
@@ -452,7 +452,9 @@ def _record(
 # The worker's claim: events not done, in Stripe's order, each taken by one worker only (rows
 # another worker holds are skipped on PostgreSQL). A lock, not a write: the attempt is counted
 # by the one UPDATE that records what came of the event, in the same transaction (an UPDATE here
-# too made two new versions of every 4 KB row, and the claim's scan longer).
+# too made two new versions of every 4 KB row, and the claim's scan longer). Its statuses are
+# the pending index's own predicate, written out: as bound parameters, the worker's prepared
+# claim (a generic plan) read the whole history, 27 ms at 200,000 events and growing.
 _DUE_AT = sa.bindparam("now", type_=_EVENTS.c.next_attempt_at.type)
 _CLAIM = (
     sa.select(
@@ -463,7 +465,7 @@ _CLAIM = (
         _EVENTS.c.attempts,
     )
     .where(
-        _EVENTS.c.status.in_([EventStatus.RECEIVED, EventStatus.FAILED]),
+        PENDING,
         sa.or_(
             _EVENTS.c.status == EventStatus.RECEIVED,
             sa.and_(

@@ -438,3 +438,26 @@ def test_the_worker_loop_waits_out_a_storm_then_acts_on_every_event(queued, clie
     assert started_at[0] == 0  # nothing waiting yet: it looks, and drains
     assert 5 not in started_at and 10 not in started_at  # the storm: no batch
     assert 12 in started_at  # the storm over: back to work
+
+
+@pytest.mark.postgres_only
+def test_the_workers_prepared_claim_reads_the_pending_index_not_the_history(queued, client):
+    """The worker runs its claim over and over, so psycopg prepares it and (plan_cache_mode
+    force_generic_plan) PostgreSQL plans it once for any parameters: the claim must still be
+    one the pending index can answer, or every batch reads every event ever received."""
+    from sqlalchemy.dialects import postgresql
+
+    sql = str(
+        service._CLAIM.compile(dialect=postgresql.psycopg.dialect(paramstyle="numeric_dollar"))
+    )
+    with db.engine.connect() as conn:
+        conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
+        conn.exec_driver_sql("SET enable_seqscan = off")  # the index, if the plan can use it
+        conn.exec_driver_sql(f"PREPARE claim AS {sql}")
+        plan = "\n".join(
+            row[0]
+            for row in conn.exec_driver_sql("EXPLAIN EXECUTE claim('received', now(), 8, 50)")
+        )
+        conn.rollback()
+    assert "ix_stripe_events_pending" in plan, plan
+    assert "Seq Scan" not in plan, plan
