@@ -62,15 +62,13 @@ def run(
     report(f"stripe worker started: batches of {batch}, polling every {poll}s")
 
     def stand_aside() -> bool:
-        """Before each batch: stop draining while a storm comes in (or when told to stop)."""
+        """Before each batch (drain asks): stop while a storm comes in, or when told to stop;
+        the loop then waits `poll` and drain asks again."""
         return stop.is_set() or (storm.active and storm.should_wait(service.waiting()))
 
     try:
         while not stop.is_set():
             try:
-                if stand_aside():
-                    stop.wait(poll)
-                    continue
                 done = service.drain(now=clock.now, limit=batch, should_stop=stand_aside)
             except Exception:
                 db.session.rollback()

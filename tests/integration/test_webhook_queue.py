@@ -411,15 +411,15 @@ def test_the_worker_loop_waits_out_a_storm_then_acts_on_every_event(queued, clie
         looks.append(next(backlog, 12))
         return looks[-1]
 
-    started_at: list[int] = []
-    real_drain = worker.service.drain
+    started_at: list[int] = []  # the backlog last seen when a batch started
+    real_batch = worker.service.work_batch
 
-    def drain(**kw):
+    def work_batch(**kw):
         started_at.append(looks[-1])
-        return real_drain(**kw)
+        return real_batch(**kw)
 
     monkeypatch.setattr(worker.service, "waiting", waiting)
-    monkeypatch.setattr(worker.service, "drain", drain)
+    monkeypatch.setattr(worker.service, "work_batch", work_batch)
     queued.config.update(STRIPE_WORKER_STORM_BACKLOG=3, STRIPE_WORKER_STORM_DEFER_SECONDS=30)
     stop = threading.Event()
 
