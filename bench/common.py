@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import random
+import runpy
 import signal
 import socket
 import subprocess
@@ -59,9 +60,15 @@ def nproc() -> int:
 
 
 def default_workers() -> int:
-    """What gunicorn.conf.py runs in production: cores + 1 threaded workers (4 threads each), so
-    a thread waiting on PostgreSQL leaves its core to another and connections stay open."""
+    """What gunicorn.conf.py runs in production: cores + 1 threaded workers, so a thread waiting
+    on PostgreSQL leaves its core to another and connections stay open."""
     return nproc() + 1
+
+
+def default_threads() -> int:
+    """The threads a worker that gunicorn.conf.py gives production (GUNICORN_THREADS, else its
+    default): read from the file, so a benchmark measures what is deployed."""
+    return int(runpy.run_path(str(ROOT / "gunicorn.conf.py"))["threads"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,7 +287,7 @@ class Server(_ProcessGroup):
 
     database_url: str
     workers: int = field(default_factory=default_workers)
-    threads: int = 4
+    threads: int = field(default_factory=default_threads)
     app: str = field(default_factory=lambda: os.environ.get("BENCH_APP", "billing:create_app()"))
     env: dict[str, str] = field(default_factory=dict)
     port: int = 0

@@ -585,7 +585,12 @@ def main(argv: list[str] | None = None) -> dict | None:
         help="paced runs at these lower rates too (latency below saturation)",
     )
     parser.add_argument("--pgbench-seconds", type=int, default=15)
-    parser.add_argument("--threads", type=int, default=4, help="gthread threads per worker")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=common.default_threads(),
+        help="gthread threads per worker (default: gunicorn.conf.py's)",
+    )
     parser.add_argument("--void-share", type=float, default=0.1)
     parser.add_argument("--retry-share", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=20260302)

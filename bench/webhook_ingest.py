@@ -419,7 +419,12 @@ def main(argv: list[str] | None = None) -> dict | None:
         "--duplicates", type=float, default=0.2, help="share of deliveries that repeat"
     )
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=4, help="gthread threads per worker")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=common.default_threads(),
+        help="gthread threads per worker (default: gunicorn.conf.py's)",
+    )
     parser.add_argument("--seconds", type=float, default=600, help="stop sending after this long")
     parser.add_argument("--healthz-seconds", type=float, default=5)
     parser.add_argument("--seed", type=int, default=5)
