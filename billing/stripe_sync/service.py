@@ -43,7 +43,7 @@ from billing.settings import clinic_settings
 from billing.stripe_sync import gateway as gateway_module
 from billing.stripe_sync import handlers
 from billing.stripe_sync.gateway import Gateway, PaymentDeclined
-from billing.stripe_sync.models import PENDING, EventStatus, StripeEvent
+from billing.stripe_sync.models import ATTENTION, PENDING, EventStatus, StripeEvent
 
 log = logging.getLogger(__name__)
 DONE = {EventStatus.PROCESSED, EventStatus.IGNORED, EventStatus.FLAGGED}
@@ -606,10 +606,20 @@ def replay(
 
 
 def list_events(*, status: str | None = None, limit: int = 100) -> list[StripeEvent]:
+    return list(db.session.execute(_events_query(status).limit(limit)).scalars())
+
+
+def _events_query(status: str | None) -> sa.Select:
+    """Newest first. Asked for the failed or flagged ones (what staff look at), the attention
+    index's predicate is written out too: prepared on a pooled connection and planned for any
+    status (plan_cache_mode), `status = $1` alone cannot use that partial index, and the list
+    would read every event ever received."""
     q = sa.select(StripeEvent).order_by(StripeEvent.received_at.desc(), StripeEvent.id)
     if status:
         q = q.where(StripeEvent.status == status)
-    return list(db.session.execute(q.limit(limit)).scalars())
+    if status in (EventStatus.FAILED, EventStatus.FLAGGED):
+        q = q.where(ATTENTION)
+    return q
 
 
 # ---------------------------------------------------------------------------------------------

@@ -461,3 +461,25 @@ def test_the_workers_prepared_claim_reads_the_pending_index_not_the_history(queu
         conn.rollback()
     assert "ix_stripe_events_pending" in plan, plan
     assert "Seq Scan" not in plan, plan
+
+
+@pytest.mark.postgres_only
+@pytest.mark.parametrize("status", ["failed", "flagged"])
+def test_the_prepared_list_of_events_needing_attention_reads_their_index(queued, client, status):
+    """Staff's list of failed or flagged events, prepared on a pooled connection and planned for
+    any status, must still be answered by the partial index of those few events, not by reading
+    every event ever received."""
+    from sqlalchemy.dialects import postgresql
+
+    query = service._events_query(status).limit(sa.bindparam("limit"))
+    sql = str(query.compile(dialect=postgresql.psycopg.dialect(paramstyle="numeric_dollar")))
+    with db.engine.connect() as conn:
+        conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
+        conn.exec_driver_sql("SET enable_seqscan = off")  # the index, if the plan can use it
+        conn.exec_driver_sql(f"PREPARE events AS {sql}")
+        plan = "\n".join(
+            row[0] for row in conn.exec_driver_sql(f"EXPLAIN EXECUTE events('{status}', 100)")
+        )
+        conn.rollback()
+    assert "ix_stripe_events_attention" in plan, plan
+    assert "Seq Scan" not in plan, plan
