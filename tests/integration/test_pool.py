@@ -100,9 +100,7 @@ def test_requests_that_only_read_keep_the_statements_prepared(database_url, cloc
     every prepared statement): the same read over many requests on one connection is prepared
     once and stays prepared. A request that wrote and failed is still rolled back."""
     from billing import create_app
-    from billing.plans.models import Plan
-    from tests import factories as f
-    from tests.conftest import _config
+    from tests.conftest import _config, _truncate_all
 
     app = create_app(
         _config(
@@ -110,34 +108,41 @@ def test_requests_that_only_read_keep_the_statements_prepared(database_url, cloc
         )
     )
     with app.app_context():
-        f.plan([(f.treatment("hydrafacial"), 1)], code="gold")
-        db.session.commit()
-        from billing.auth.service import create_api_key
+        try:
+            _read_only_requests_keep_statements(app)
+        finally:  # this test's own app: empty the tables as the app fixture would
+            db.session.remove()
+            _truncate_all()
+            db.engine.dispose()
 
-        key = create_api_key(name="test-admin", role="admin")[1]
+
+def _read_only_requests_keep_statements(app) -> None:
+    from billing.auth.service import create_api_key
+    from billing.plans.models import Plan
+    from tests import factories as f
+
+    f.plan([(f.treatment("hydrafacial"), 1)], code="gold")
+    db.session.commit()
+    key = create_api_key(name="test-admin", role="admin")[1]
+    db.session.remove()
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {key}"}
+    for _ in range(12):  # each handed back to the pool as at the end of a real request
+        assert client.get("/api/v1/plans", headers=headers).status_code == 200
         db.session.remove()
-        client = app.test_client()
-        headers = {"Authorization": f"Bearer {key}"}
-        for _ in range(12):  # each handed back to the pool as at the end of a real request
-            assert client.get("/api/v1/plans", headers=headers).status_code == 200
-            db.session.remove()
-        assert _runs_of_plans_lookup() >= 6  # prepared on the 5th request and kept since
-        # A retry replayed from its Idempotency-Key wrote nothing (its claim inserted no row):
-        # it keeps them too.
-        retry = {**headers, "Idempotency-Key": "add-mei"}
-        body = {"first_name": "Mei", "last_name": "Tan", "email": "mei@example.com"}
-        for _ in range(3):
-            assert client.post("/api/v1/members", json=body, headers=retry).status_code == 201
-            db.session.remove()
-        assert _runs_of_plans_lookup() >= 6
-        # A write that fails is rolled back: nothing of it is kept.
-        r = client.post(
-            "/api/v1/plans", json={"code": "gold", "name": "Gold again"}, headers=headers
-        )
-        assert r.status_code >= 400
-        assert db.session.execute(sa.select(sa.func.count(Plan.id))).scalar_one() == 1
+    assert _runs_of_plans_lookup() >= 6  # prepared on the 5th request and kept since
+    # A retry replayed from its Idempotency-Key wrote nothing (its claim inserted no row):
+    # it keeps them too.
+    retry = {**headers, "Idempotency-Key": "add-mei"}
+    body = {"first_name": "Mei", "last_name": "Tan", "email": "mei@example.com"}
+    for _ in range(3):
+        assert client.post("/api/v1/members", json=body, headers=retry).status_code == 201
         db.session.remove()
-        db.engine.dispose()
+    assert _runs_of_plans_lookup() >= 6
+    # A write that fails is rolled back: nothing of it is kept.
+    r = client.post("/api/v1/plans", json={"code": "gold", "name": "Gold again"}, headers=headers)
+    assert r.status_code >= 400
+    assert db.session.execute(sa.select(sa.func.count(Plan.id))).scalar_one() == 1
 
 
 def _runs_of_plans_lookup() -> int:
