@@ -34,15 +34,25 @@ def _request_hash() -> str:
     return digest.hexdigest()
 
 
-def _lookup(principal: str, key: str) -> IdempotencyRecord | None:
-    return db.session.execute(
-        db.select(IdempotencyRecord).where(
-            IdempotencyRecord.principal == principal, IdempotencyRecord.key == key
-        )
-    ).scalar_one_or_none()
+def _lookup(principal: str, key: str) -> sa.Row | None:
+    """The key's record as a row (what a replay needs of it), by a statement built once: every
+    retried call at the desk runs it."""
+    return (
+        db.session.connection()
+        .execute(_lookup_statement(), {"principal": principal, "key": key})
+        .one_or_none()
+    )
 
 
-def _replay(record: IdempotencyRecord, request_hash: str) -> Response:
+@functools.cache
+def _lookup_statement() -> sa.Select:
+    table = IdempotencyRecord.__table__
+    return sa.select(table.c.request_hash, table.c.status_code, table.c.response_body).where(
+        table.c.principal == sa.bindparam("principal"), table.c.key == sa.bindparam("key")
+    )
+
+
+def _replay(record: sa.Row, request_hash: str) -> Response:
     if record.request_hash != request_hash:
         raise InvalidInput(
             f"This {HEADER} was used before for a different request; use a new key.",
