@@ -7,9 +7,10 @@ the plain /healthz went from ~750 to ~2,300 requests/s. Override with the enviro
 
 Two threads a worker, not four: a request here is mostly Python with short waits on PostgreSQL,
 so on 2 cores a few requests in flight keep both cores busy, and more only queue for the GIL and
-the CPUs instead of in gunicorn, at a cost. Measured (bench/redeem_load.py, interleaved runs, 32
-desks at 150 redemptions/s offered): p95 36-65 ms with 3 workers x 2 threads against 93-1,440 ms
-with 3 x 4, and ~15 % less CPU a request (gunicorn's and PostgreSQL's) at saturation. A request
+the CPUs instead of in gunicorn, at a cost. Measured (bench/redeem_load.py, interleaved pairs
+of runs, 32 desks): at 150 redemptions/s offered a lower p95 with 3 workers x 2 threads than with
+3 x 4 in 5 pairs of 6, and ~14 % less CPU a request (gunicorn's and PostgreSQL's) at saturation,
+lower in 11 pairs of 13; 4 x 2 was worse than 3 x 2 (README: Benchmarks). A request
 that waits on Stripe (a card charged at checkout, a member joining) holds its thread meanwhile:
 a site where many do at once can raise GUNICORN_THREADS."""
 
