@@ -31,11 +31,14 @@ def _status_in(*statuses: str) -> sa.TextClause:
 
 # What the worker looks for: events not yet done, in Stripe's order. Partial, so it holds only
 # the few events waiting (received, or failed and due a retry), not the whole history.
-PENDING = _status_in("received", "failed")
+PENDING = _status_in(EventStatus.RECEIVED, EventStatus.FAILED)
+# Events stored and not yet acted on at all: the worker's backlog (read through the pending index).
+RECEIVED = _status_in(EventStatus.RECEIVED)
 # What staff look at and replay (`stripe replay --failed/--flagged`, the events list): the few
 # events that went wrong, not the processed history every delivery and every update would
 # otherwise add an index entry for.
-ATTENTION = _status_in("failed", "flagged")
+ATTENTION_STATUSES = (EventStatus.FAILED, EventStatus.FLAGGED)
+ATTENTION = _status_in(*ATTENTION_STATUSES)
 
 
 class StripeEvent(db.Model):

@@ -43,7 +43,14 @@ from billing.settings import clinic_settings
 from billing.stripe_sync import gateway as gateway_module
 from billing.stripe_sync import handlers
 from billing.stripe_sync.gateway import Gateway, PaymentDeclined
-from billing.stripe_sync.models import ATTENTION, PENDING, EventStatus, StripeEvent
+from billing.stripe_sync.models import (
+    ATTENTION,
+    ATTENTION_STATUSES,
+    PENDING,
+    RECEIVED,
+    EventStatus,
+    StripeEvent,
+)
 
 log = logging.getLogger(__name__)
 DONE = {EventStatus.PROCESSED, EventStatus.IGNORED, EventStatus.FLAGGED}
@@ -535,8 +542,12 @@ def _object_of(payload: object) -> dict:
 
 # The events waiting for the worker, counted from the pending index (a literal status, so the
 # partial index applies under generic plans), up to a cap: the worker looks before each batch.
-_WAITING = sa.text(
-    "SELECT COUNT(*) FROM (SELECT 1 FROM stripe_events WHERE status = 'received' LIMIT :cap) w"
+_WAITING = sa.select(sa.func.count()).select_from(
+    sa.select(sa.literal_column("1"))
+    .select_from(_EVENTS)
+    .where(RECEIVED)
+    .limit(sa.bindparam("cap"))
+    .subquery()
 )
 
 
@@ -617,7 +628,7 @@ def _events_query(status: str | None) -> sa.Select:
     q = sa.select(StripeEvent).order_by(StripeEvent.received_at.desc(), StripeEvent.id)
     if status:
         q = q.where(StripeEvent.status == status)
-    if status in (EventStatus.FAILED, EventStatus.FLAGGED):
+    if status in ATTENTION_STATUSES:
         q = q.where(ATTENTION)
     return q
 
