@@ -440,25 +440,30 @@ def test_the_worker_loop_waits_out_a_storm_then_acts_on_every_event(queued, clie
     assert 12 in started_at  # the storm over: back to work
 
 
+def _generic_plan(statement, arguments: str) -> str:
+    """EXPLAIN of `statement` prepared and planned for any parameters (plan_cache_mode
+    force_generic_plan, as the app's pooled connections run what psycopg has prepared), with
+    sequential scans discouraged: the index shows in the plan if the plan can use it."""
+    from sqlalchemy.dialects import postgresql
+
+    sql = str(statement.compile(dialect=postgresql.psycopg.dialect(paramstyle="numeric_dollar")))
+    with db.engine.connect() as conn:
+        conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
+        conn.exec_driver_sql("SET enable_seqscan = off")
+        conn.exec_driver_sql(f"PREPARE prepared AS {sql}")
+        plan = "\n".join(
+            row[0] for row in conn.exec_driver_sql(f"EXPLAIN EXECUTE prepared({arguments})")
+        )
+        conn.rollback()
+    return plan
+
+
 @pytest.mark.postgres_only
 def test_the_workers_prepared_claim_reads_the_pending_index_not_the_history(queued, client):
     """The worker runs its claim over and over, so psycopg prepares it and (plan_cache_mode
     force_generic_plan) PostgreSQL plans it once for any parameters: the claim must still be
     one the pending index can answer, or every batch reads every event ever received."""
-    from sqlalchemy.dialects import postgresql
-
-    sql = str(
-        service._CLAIM.compile(dialect=postgresql.psycopg.dialect(paramstyle="numeric_dollar"))
-    )
-    with db.engine.connect() as conn:
-        conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
-        conn.exec_driver_sql("SET enable_seqscan = off")  # the index, if the plan can use it
-        conn.exec_driver_sql(f"PREPARE claim AS {sql}")
-        plan = "\n".join(
-            row[0]
-            for row in conn.exec_driver_sql("EXPLAIN EXECUTE claim('received', now(), 8, 50)")
-        )
-        conn.rollback()
+    plan = _generic_plan(service._CLAIM, "'received', now(), 8, 50")
     assert "ix_stripe_events_pending" in plan, plan
     assert "Seq Scan" not in plan, plan
 
@@ -469,17 +474,8 @@ def test_the_prepared_list_of_events_needing_attention_reads_their_index(queued,
     """Staff's list of failed or flagged events, prepared on a pooled connection and planned for
     any status, must still be answered by the partial index of those few events, not by reading
     every event ever received."""
-    from sqlalchemy.dialects import postgresql
-
-    query = service._events_query(status).limit(sa.bindparam("limit"))
-    sql = str(query.compile(dialect=postgresql.psycopg.dialect(paramstyle="numeric_dollar")))
-    with db.engine.connect() as conn:
-        conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
-        conn.exec_driver_sql("SET enable_seqscan = off")  # the index, if the plan can use it
-        conn.exec_driver_sql(f"PREPARE events AS {sql}")
-        plan = "\n".join(
-            row[0] for row in conn.exec_driver_sql(f"EXPLAIN EXECUTE events('{status}', 100)")
-        )
-        conn.rollback()
+    plan = _generic_plan(
+        service._events_query(status).limit(sa.bindparam("limit")), f"'{status}', 100"
+    )
     assert "ix_stripe_events_attention" in plan, plan
     assert "Seq Scan" not in plan, plan
