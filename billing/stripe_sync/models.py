@@ -19,6 +19,8 @@ class EventStatus:
     FAILED = "failed"  # the handler raised: Stripe retries, `stripe replay` reprocesses
     FLAGGED = "flagged"  # unknown customer/subscription or a business conflict: for staff
 
+    ALL = (RECEIVED, PROCESSED, IGNORED, FAILED, FLAGGED)
+
 
 def _status_in(*statuses: str) -> sa.TextClause:
     """`status IN ('a', 'b')` with the statuses written out: a partial index's predicate, and a

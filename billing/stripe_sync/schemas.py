@@ -9,6 +9,7 @@ import marshmallow as ma
 from marshmallow import fields, validate
 
 from billing.memberships.schemas import MembershipOutSchema
+from billing.stripe_sync.models import EventStatus
 
 _STRIPE_ID = {"validate": validate.Length(min=3, max=255)}
 
@@ -84,7 +85,7 @@ class RefundOutSchema(ma.Schema):
 class EventQuerySchema(ma.Schema):
     status = fields.String(
         load_default=None,
-        validate=validate.OneOf(["received", "processed", "ignored", "failed", "flagged"]),
+        validate=validate.OneOf(EventStatus.ALL),
     )
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=500))
 

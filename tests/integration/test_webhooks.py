@@ -154,6 +154,18 @@ def test_an_event_for_an_unknown_customer_is_flagged_for_staff(app, client, cloc
     assert [e["id"] for e in inbox.get_json()] == [evt["id"]]
 
 
+def test_the_inbox_refuses_a_status_that_does_not_exist_and_names_the_ones_that_do(
+    app, client, staff
+):
+    inbox = client.get("/api/v1/billing/stripe-events?status=stuck", headers=staff)
+
+    assert inbox.status_code == 422
+    assert inbox.content_type == "application/problem+json"
+    detail = str(inbox.get_json())
+    for status in ("received", "processed", "ignored", "failed", "flagged"):
+        assert status in detail
+
+
 def test_an_event_for_an_unknown_subscription_is_flagged(app, client, clock):
     billed = sf.Billed(clock())
     sub = sf.subscription(
