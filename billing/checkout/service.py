@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 import sqlalchemy as sa
-from sqlalchemy.orm import defer, joinedload, load_only
+from sqlalchemy.orm import aliased, defer, joinedload, load_only
 
 from billing.checkout import rules
 from billing.checkout.models import (
@@ -36,7 +36,7 @@ from billing.extensions import db
 from billing.members.models import Member
 from billing.members.service import search_members
 from billing.memberships.models import Membership, State
-from billing.memberships.service import memberships_usable_by
+from billing.memberships.service import memberships_usable_by, usable_select
 from billing.money import Money, div_round_half_up, net_of_tax, tax_on_net
 from billing.plans.models import Category, PlanVersion, Treatment
 from billing.rows import insert_persistent, insert_persistent_unless, insert_with_children
@@ -455,7 +455,7 @@ def redeem_at_desk(
     Two desks ringing up the same client at the same moment share one visit: the one that finds
     none opens it while holding the client's lock, and the other, waiting on that lock, finds
     it."""
-    visit, parties = _todays_open_visit(member_id, location, now, settings, line)
+    visit, parties, usable = _todays_open_visit(member_id, location, now, settings, line)
     if visit is None:
         member, loc, held, parties = _client_and_location(
             member_id, location, hold_opening=True, line=line
@@ -472,11 +472,12 @@ def redeem_at_desk(
             unless_opened_since=_start_of_today(now, settings) if held else None,
         )
         if visit is None:
-            visit, _ = _todays_open_visit(member_id, location, now, settings)
+            visit, _, usable = _todays_open_visit(member_id, location, now, settings)
     return add_line(
         visit.id,
         locked_visit=visit,
         parties=parties,
+        usable=usable,
         actor=actor,
         now=now,
         settings=settings,
@@ -490,18 +491,28 @@ def _todays_open_visit(
     now: datetime,
     settings: ClinicSettings,
     line: dict | None = None,
-) -> tuple[Visit | None, _LineParties | None]:
-    """The client's newest open visit opened today (the clinic's day) at this location, locked;
-    with `line`, its treatment and provider read by the same statement."""
+) -> tuple[Visit | None, _LineParties | None, list[Membership] | None]:
+    """The client's newest open visit opened today (the clinic's day) at this location and the
+    memberships they may redeem from, locked by one statement: the visit, then the memberships
+    in id order (the order in which every writer of a visit's lines takes them, so two never
+    deadlock). With `line`, its treatment and provider are read by the same statement.
+
+    The memberships are None when there is no visit: an opened visit's line locks them itself."""
     params = {"member_id": member_id, "location": location, "since": _start_of_today(now, settings)}
-    row = (
-        db.session.execute(_todays_visit_query(line is not None), params | _parties_params(line))
+    dialect = db.session.get_bind().dialect.name
+    rows = (
+        db.session.execute(
+            _todays_visit_query(dialect, line is not None), params | _parties_params(line)
+        )
         .unique()
-        .first()
+        .all()
     )
-    if row is None:
-        return None, None
-    return row.Visit, (_LineParties(row.Treatment, row.Staff) if line is not None else None)
+    if not rows:
+        return None, None, None
+    usable = [row.membership for row in rows if row.membership is not None]
+    ledger.note_locked(m.id for m in usable)
+    parties = _LineParties(rows[0].Treatment, rows[0].Staff) if line is not None else None
+    return rows[0].visit, parties, usable
 
 
 def _start_of_today(now: datetime, settings: ClinicSettings) -> datetime:
@@ -528,15 +539,35 @@ _OPENING_VISIT = 0x5649_5354  # the advisory lock's first key: "opening a visit 
 
 
 @functools.cache
-def _todays_visit_query(with_parties: bool) -> sa.Select:
-    """Built once with bound parameters (the desk's hot path)."""
-    query = (
+def _todays_visit_query(dialect: str, with_parties: bool) -> sa.Select:
+    """Built once with bound parameters (the desk's hot path).
+
+    On PostgreSQL the visit is locked in its own sub-select, and the memberships in a LATERAL
+    one that names the visit's client, so it can only run after the visit's row is locked: the
+    lock order holds whatever plan is chosen. A client with no membership still gets the row of
+    the visit (FOR UPDATE cannot lock the nullable side of an outer join; a sub-select can).
+    SQLite has neither row locks nor LATERAL: there the memberships are selected by the bound
+    `member_id`."""
+    todays = (
         sa.select(Visit)
         .join(Location, Visit.location_id == Location.id)
         .where(*_open_since(), Location.code == sa.bindparam("location"))
-        .options(joinedload(Visit.member, innerjoin=True).load_only(*_CLIENT_NAME_ONLY))
         .order_by(Visit.id.desc())
+        .limit(1)
         .with_for_update(of=Visit)
+        .subquery("todays_visit")
+    )
+    if dialect == "postgresql":
+        usable = usable_select(todays.c.member_id).with_for_update(of=Membership).lateral("usable")
+    else:
+        usable = usable_select(sa.bindparam("member_id")).subquery("usable")
+    visit = aliased(Visit, todays, name="visit")
+    membership = aliased(Membership, usable, name="membership")
+    query = (
+        sa.select(visit, membership)
+        .join_from(visit, membership, sa.true(), isouter=True)
+        .options(joinedload(visit.member, innerjoin=True).load_only(*_CLIENT_NAME_ONLY))
+        .order_by(membership.id)
         .execution_options(populate_existing=True)
     )
     return _with_parties(query) if with_parties else query
@@ -581,6 +612,7 @@ def add_line(
     settings: ClinicSettings,
     locked_visit: Visit | None = None,
     parties: _LineParties | None = None,
+    usable: list[Membership] | None = None,
 ) -> VisitLine:
     """Add what was done to an open visit; it is redeemed or charged at once.
 
@@ -588,7 +620,8 @@ def add_line(
     (or when the desk says pay_with="charge"). Every clinic rule that blocks it is reported
     together; an admin may let it through one rule at a time with a written reason.
     `locked_visit`: the visit, when the caller has just read and locked it; `parties`: the
-    treatment and provider, when the caller read them in the same statement."""
+    treatment and provider, when the caller read them in the same statement; `usable`: the
+    client's memberships, when the caller locked them with the visit."""
     overridden = _overrides([*overrides, *([override] if override else [])], is_admin)
     if pay_with not in PAY_WITH:
         raise InvalidInput(f"pay_with must be one of {', '.join(PAY_WITH)}.")
@@ -626,7 +659,8 @@ def add_line(
             errors={"provider_id": ["works at another location"]},
         )
     member = get_member(visit.member_id)
-    usable = memberships_usable_by(member.id, lock=True)
+    if usable is None:
+        usable = memberships_usable_by(member.id, lock=True)
     picture = _credit_picture(t, usable, now, settings)
     uses_credits = _uses_credits(pay_with, picture)
     supervisor = (

@@ -143,8 +143,14 @@ def lock_selected(query: sa.Select, params: dict | None = None) -> list[Membersh
     against the query's conditions, so what comes back is what is locked, as it now is. The
     query may join eager loads of collections (a membership's catalogue): each row once."""
     rows = list(db.session.execute(_locking(query), params).unique().scalars())
-    db.session.info.setdefault(_LOCKED, set()).update(m.id for m in rows)
+    note_locked(m.id for m in rows)
     return rows
+
+
+def note_locked(ids: Iterable[int]) -> None:
+    """Note memberships as held by this transaction, for a statement that locked them itself
+    (with other rows: the desk's visit), so no later writer locks or re-reads them again."""
+    db.session.info.setdefault(_LOCKED, set()).update(ids)
 
 
 @functools.lru_cache(maxsize=32)

@@ -652,11 +652,23 @@ def memberships_usable_by(member_id: int, *, lock: bool = False) -> list[Members
 
 @functools.cache
 def _usable_query() -> sa.Select:
-    """Built once (bound parameter `member_id`): it is on the front desk's path. In id order."""
-    member_id = sa.bindparam("member_id")
-    own = sa.select(Membership.id).where(Membership.member_id == member_id)
-    shared = sa.select(Beneficiary.membership_id).where(
-        Beneficiary.member_id == member_id, Beneficiary.removed_at.is_(None)
+    """Built once (bound parameter `member_id`): it is on the front desk's path."""
+    return usable_select(sa.bindparam("member_id"))
+
+
+def usable_select(member_id: sa.ColumnElement) -> sa.Select:
+    """The memberships a client may redeem from, in id order: `member_id` is a bound parameter,
+    or the column of an enclosing statement that names the client (the desk's visit)."""
+    # A UNION's selects are not correlated by themselves: each names its own table only.
+    own = (
+        sa.select(Membership.id)
+        .where(Membership.member_id == member_id)
+        .correlate_except(Membership)
+    )
+    shared = (
+        sa.select(Beneficiary.membership_id)
+        .where(Beneficiary.member_id == member_id, Beneficiary.removed_at.is_(None))
+        .correlate_except(Beneficiary)
     )
     return (
         sa.select(Membership)

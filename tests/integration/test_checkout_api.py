@@ -763,6 +763,48 @@ def test_a_closed_visit_or_yesterdays_is_not_reused(client, staff, clinic, clock
     assert len(visits_of(clinic.member.id)) == 3
 
 
+def test_a_walk_in_without_a_membership_gets_one_visit_for_the_day(client, staff, clinic):
+    """Today's visit is found by the statement that also locks the client's memberships: a
+    client with none is still found, so the second line goes on the same visit, charged."""
+    walk_in = f.member("Walk", "In")
+    db.session.commit()
+    lines = [
+        desk_redeem(client, staff, walk_in.id, code, clinic.aesthetician.id)
+        for code in ("hydrafacial", "lymph-massage")
+    ]
+    assert [r.status_code for r in lines] == [201, 201], [r.get_json() for r in lines]
+    assert [r.get_json()["status"] for r in lines] == ["charged", "charged"]
+    (visit,) = visits_of(walk_in.id)
+    assert {r.get_json()["visit_id"] for r in lines} == {visit.id}
+    receipt = client.get(f"/api/v1/visits/{visit.id}/receipt", headers=staff).get_json()
+    assert receipt["owed"]["total"]["amount_minor"] == 20000 + 12000
+
+
+def test_todays_visit_redeems_from_own_and_household_memberships(client, staff, clinic, clock):
+    """The second call of the day goes through today's visit: the memberships read with it are
+    the client's own and the household one naming them, so 25 units draw on both (their own
+    20 first, then 5 of the household's) and a line on the household's alone is redeemed."""
+    silver = f.plan([(clinic.botox, 10)], code="silver", price=15000)
+    household = f.active_membership(silver, now=clock(), owner=f.member("Wei", "Tan"))
+    memberships.add_beneficiary(household, clinic.member, actor="test", now=clock())
+    db.session.commit()
+    first = desk_redeem(client, staff, clinic.member.id, "lymph-massage", clinic.aesthetician.id)
+    units = desk_redeem(client, staff, clinic.member.id, "botox", clinic.doctor.id, quantity=25)
+    assert units.status_code == 201, units.get_json()
+    assert units.get_json()["visit_id"] == first.get_json()["visit_id"]
+    entries = db.session.execute(
+        sa.select(LedgerEntry.membership_id, LedgerEntry.quantity)
+        .where(LedgerEntry.visit_line_id == units.get_json()["id"])
+        .order_by(LedgerEntry.id)
+    ).all()
+    assert entries == [(clinic.membership.id, -20), (household.id, -5)]
+    more = desk_redeem(client, staff, clinic.member.id, "botox", clinic.doctor.id, quantity=5)
+    assert more.get_json()["status"] == "redeemed"
+    assert more.get_json()["membership_id"] == household.id
+    assert balance(household, clinic.botox, clock) == 0
+    assert len(visits_of(clinic.member.id)) == 1
+
+
 def test_a_desk_retry_returns_the_first_line_and_spends_nothing_more(client, staff, clinic, clock):
     key = "desk-2-retry"
     first = desk_redeem(client, staff, clinic.member.id, "botox", clinic.doctor.id, key, quantity=4)

@@ -194,3 +194,56 @@ def test_desks_ringing_up_the_same_client_at_once_share_one_visit(app, shop, key
         ).scalar_one()
         assert visits == 1
         assert ledger.balance([membership_id], facial.id, clock()) == 0
+
+
+def test_voids_and_desk_redemptions_on_one_visit_at_once_all_answer(app, shop, keys, clock):
+    """Half the desks void lines of the client's visit of today while the other half ring up
+    more treatments into it, all at the same moment. Every writer takes the visit's lock before
+    the memberships' (the desk's call locks both in one statement), so none waits on another in
+    a cycle: every call is answered, none is a deadlock's victim, and the credits add up."""
+    facial, _, therapist = shop
+    plenty = f.plan([(facial, 2 * DESKS)], code="glow16")
+    staff = keys.headers("staff")
+    body = {
+        "location": "orchard",
+        "treatment": "hydrafacial",
+        "provider_id": therapist.id,
+        "pay_with": "credits",
+    }
+    for _ in range(ROUNDS):
+        membership_id, member_id, _ = _client_with_credits(plenty, clock, visits=0)
+        client = app.test_client()
+        earlier = []
+        for _ in range(DESKS // 2):
+            r = client.post(
+                "/api/v1/desk/redemptions",
+                json={**body, "member_id": member_id},
+                headers={**staff, "Idempotency-Key": uuid.uuid4().hex},
+            )
+            assert r.status_code == 201, r.get_json()
+            earlier.append(r.get_json())
+        voids = [
+            (
+                f"/api/v1/visits/{line['visit_id']}/lines/{line['id']}/void",
+                {"reason": "rang up twice"},
+                {**staff, "Idempotency-Key": uuid.uuid4().hex},
+            )
+            for line in earlier
+        ]
+        more = [
+            (
+                "/api/v1/desk/redemptions",
+                {**body, "member_id": member_id},
+                {**staff, "Idempotency-Key": uuid.uuid4().hex},
+            )
+            for _ in range(DESKS // 2)
+        ]
+        results = _race(app, [x for pair in zip(voids, more, strict=True) for x in pair])
+        assert sorted(code for code, _ in results) == [200] * len(voids) + [201] * len(more), [
+            body for code, body in results if code >= 300
+        ]
+        assert {line["visit_id"] for code, line in results if code == 201} == {
+            earlier[0]["visit_id"]
+        }
+        db.session.expire_all()
+        assert ledger.balance([membership_id], facial.id, clock()) == 2 * DESKS - len(more)
