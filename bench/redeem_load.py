@@ -353,20 +353,23 @@ def seed_history(member_ids: list[int], catalogue: common.Catalogue, *, now: dat
     db.session.commit()
 
 
-def in_process_sample(url: str, seeded: dict, iterations: int = 30) -> dict:
+def in_process_sample(url: str, seeded: dict, iterations: int = 30) -> tuple[dict, list, list]:
     """One desk, no HTTP (Flask's test client): ms of wall and CPU time and SQL statements per
-    request kind, so the HTTP figures can be read against what the app itself costs."""
+    request kind, so the HTTP figures can be read against what the app itself costs. Each
+    client's first call opens their visit of today (`redeem`), the second goes into it
+    (`redeem_in_todays_visit`), and that one is voided."""
     from billing.extensions import db
 
     app = common.make_app(url)
     client = app.test_client()
     headers = common.bearer(seeded["key"])
     members = seeded["members"][-iterations:]
-    kinds = ("redeem", "void")
+    kinds = ("redeem", "redeem_in_todays_visit", "void")
     wall: dict[str, list[float]] = {k: [] for k in kinds}
     cpu: dict[str, list[float]] = {k: [] for k in kinds}
     statements: dict[str, int] = dict.fromkeys(kinds, 0)
-    lines: list[list[int]] = []  # redeemed and voided here: the audit must know them
+    lines: list[list[int]] = []  # redeemed here: the audit must know them
+    voided: list[int] = []
     with app.app_context():
 
         def timed(name, path, body):
@@ -387,10 +390,12 @@ def in_process_sample(url: str, seeded: dict, iterations: int = 30) -> dict:
                 "provider_id": seeded["provider_id"],
                 "pay_with": "credits",
             }
-            line = timed("redeem", "/api/v1/desk/redemptions", body).get_json()
+            for name in ("redeem", "redeem_in_todays_visit"):
+                line = timed(name, "/api/v1/desk/redemptions", body).get_json()
+                lines.append([line["visit_id"], line["id"]])
             path = f"/api/v1/visits/{line['visit_id']}/lines/{line['id']}/void"
             timed("void", path, {"reason": "sample void"})
-            lines.append([line["visit_id"], line["id"]])
+            voided.append(line["id"])
         db.session.remove()
         db.engine.dispose()
     figures = {
@@ -401,7 +406,7 @@ def in_process_sample(url: str, seeded: dict, iterations: int = 30) -> dict:
         }
         for name in kinds
     }
-    return figures, lines
+    return figures, lines, voided
 
 
 def _summary(out: dict) -> dict:
@@ -437,7 +442,7 @@ def run(args) -> dict:
     result: dict = {"benchmark": "redeem_load", "members": args.members}
     with common.fresh_database("bench_redeem", keep=args.keep_db) as url:
         seeded = seed(url, args.members)
-        sample, sample_lines = in_process_sample(url, seeded)
+        sample, sample_lines, sample_voided = in_process_sample(url, seeded)
         server = common.Server(url, workers=args.workers, threads=args.threads)
         base = {
             "void_share": args.void_share,
@@ -481,7 +486,7 @@ def run(args) -> dict:
                 lighter.append({"rate": rate, **_summary(out)})
             server_log = server.log_tail(2000)
         redeemed = [line for r in runs for line in r["redeemed"]] + sample_lines
-        voided = [line for r in runs for line in r["voided"]] + [line for _v, line in sample_lines]
+        voided = [line for r in runs for line in r["voided"]] + sample_voided
         checks = audit(url, redeemed, voided)
         baseline = pgbench(
             url, rows=args.members, clients=args.concurrency, seconds=args.pgbench_seconds
