@@ -240,7 +240,7 @@ def test_voids_and_desk_redemptions_on_one_visit_at_once_all_answer(app, shop, k
         ]
         results = _race(app, [x for pair in zip(voids, more, strict=True) for x in pair])
         assert sorted(code for code, _ in results) == [200] * len(voids) + [201] * len(more), [
-            body for code, body in results if code >= 300
+            problem for code, problem in results if code >= 300
         ]
         assert {line["visit_id"] for code, line in results if code == 201} == {
             earlier[0]["visit_id"]
