@@ -61,9 +61,13 @@ class GrantSource:
 
 @dataclass
 class Lot:
-    """A credit with what is left of it, derived from its ledger entries."""
+    """A credit with what is left of it, derived from its ledger entries.
 
-    credit: Credit
+    `credit` is the Credit, or, for a treatment's lots (`lots(..., treatment_id=)`), the credit's
+    row: its columns and its plan item's `beneficiary_limit`, read as plain values (the desk's
+    hot path; nothing on it is loaded later)."""
+
+    credit: Credit | sa.Row
     remaining: int
     value_minor: int
     expires_at: datetime
@@ -199,23 +203,37 @@ def lots(
     """Every credit of these memberships with its derived balance, value and expiry; with
     `treatment_id`, only the credits that cover that treatment (filtered in SQL).
 
-    One query: the ledger summed per credit, joined to the credit and its plan item."""
+    One query: the ledger summed per credit, joined to the credit and its plan item. A
+    treatment's lots come as rows, read on the session's connection, not as Credit objects: the
+    desk reads them on every redemption, and the ORM's part of that read cost more than the
+    statement (see Lot)."""
     if not membership_ids:
         return []
     params = {"membership_ids": list(membership_ids), "treatment_id": treatment_id}
-    rows = db.session.execute(_lots_query(include_empty, treatment_id is not None), params)
-    result = [
-        Lot(credit=credit, remaining=int(qty), value_minor=int(val), expires_at=exp)
-        for credit, qty, val, exp in rows.all()
-    ]
+    if treatment_id is None:
+        rows = db.session.execute(_lots_query(include_empty), params).all()
+        result = [
+            Lot(credit=credit, remaining=int(qty), value_minor=int(val), expires_at=exp)
+            for credit, qty, val, exp in rows
+        ]
+    else:
+        db.session.flush()  # read on the connection, which does not autoflush as the session does
+        rows = db.session.connection().execute(_treatment_lots_query(include_empty), params).all()
+        result = [
+            Lot(
+                credit=row,
+                remaining=int(row.remaining),
+                value_minor=int(row.value),
+                expires_at=row.lot_expires_at,
+            )
+            for row in rows
+        ]
     result.sort(key=_consumption_order)
     return result
 
 
-@functools.cache
-def _lots_query(include_empty: bool, by_treatment: bool) -> sa.Select:
-    """lots()'s statement, built once per shape with bound parameters: it is on the front desk's
-    path, and building and fingerprinting it cost more than running it."""
+def _ledger_sums(include_empty: bool) -> sa.Subquery:
+    """Each credit of the memberships (bound: `membership_ids`) with its ledger summed."""
     sums = (
         sa.select(
             LedgerEntry.credit_id.label("credit_id"),
@@ -228,25 +246,49 @@ def _lots_query(include_empty: bool, by_treatment: bool) -> sa.Select:
     )
     if not include_empty:
         sums = sums.having(sa.func.sum(LedgerEntry.quantity) > 0)
-    sums = sums.subquery()
-    q = (
+    return sums.subquery()
+
+
+@functools.cache
+def _lots_query(include_empty: bool) -> sa.Select:
+    """lots()'s statement, built once per shape with bound parameters: building and
+    fingerprinting it cost more than running it."""
+    sums = _ledger_sums(include_empty)
+    return (
         sa.select(Credit, sums.c.remaining, sums.c.value, sums.c.expires_at)
         .join(sums, sums.c.credit_id == Credit.id)
-        .options(joinedload(Credit.plan_item))
+        .options(joinedload(Credit.plan_item).selectinload(PlanItem.options))
     )
-    if not by_treatment:
-        return q.options(joinedload(Credit.plan_item).selectinload(PlanItem.options))
+
+
+@functools.cache
+def _treatment_lots_query(include_empty: bool) -> sa.Select:
+    """The lots that cover one treatment (bound: `treatment_id`), as rows: the credit's
+    columns, its item's household limit and the ledger's sums."""
+    sums = _ledger_sums(include_empty)
+    credits, items = Credit.__table__, PlanItem.__table__
     treatment_id = sa.bindparam("treatment_id")
-    return q.where(
-        sa.or_(
-            Credit.treatment_id == treatment_id,
-            sa.and_(
-                Credit.treatment_id.is_(None),
-                sa.exists().where(
-                    PlanItemOption.item_id == Credit.plan_item_id,
-                    PlanItemOption.treatment_id == treatment_id,
+    return (
+        sa.select(
+            credits,
+            items.c.beneficiary_limit,
+            sums.c.remaining,
+            sums.c.value,
+            sums.c.expires_at.label("lot_expires_at"),
+        )
+        .join_from(credits, sums, sums.c.credit_id == credits.c.id)
+        .outerjoin(items, items.c.id == credits.c.plan_item_id)
+        .where(
+            sa.or_(
+                credits.c.treatment_id == treatment_id,
+                sa.and_(
+                    credits.c.treatment_id.is_(None),
+                    sa.exists().where(
+                        PlanItemOption.item_id == credits.c.plan_item_id,
+                        PlanItemOption.treatment_id == treatment_id,
+                    ),
                 ),
-            ),
+            )
         )
     )
 
@@ -845,10 +887,11 @@ def _ever_covered(membership_ids: Sequence[int], treatment_id: int) -> bool:
 
 
 def _beneficiary_room(lot: Lot, memberships: dict[int, Membership], member_id: int) -> int:
-    """A household partner may be limited to N credits of an item per period."""
+    """A household partner may be limited to N credits of an item per period. `lot`: one of a
+    treatment's lots (its credit a row that carries the item's limit)."""
     membership = memberships[lot.credit.membership_id]
-    item = lot.credit.plan_item
-    if member_id == membership.member_id or item is None or item.beneficiary_limit is None:
+    limit = lot.credit.beneficiary_limit
+    if member_id == membership.member_id or limit is None:
         return lot.remaining
     used = -(
         db.session.execute(
@@ -856,14 +899,14 @@ def _beneficiary_room(lot: Lot, memberships: dict[int, Membership], member_id: i
             .join(Credit, LedgerEntry.credit_id == Credit.id)
             .where(
                 Credit.membership_id == membership.id,
-                Credit.plan_item_id == item.id,
+                Credit.plan_item_id == lot.credit.plan_item_id,
                 Credit.period_start == lot.credit.period_start,
                 LedgerEntry.member_id == member_id,
                 LedgerEntry.kind.in_([EntryKind.REDEEM, EntryKind.REVERSE]),
             )
         ).scalar_one()
     )
-    return max(0, item.beneficiary_limit - used)
+    return max(0, limit - used)
 
 
 def reverse(
