@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -60,6 +61,28 @@ def database_url():
         )
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
     admin.dispose()
+
+
+@contextmanager
+def sql_sent():
+    """The SQL statements (and commits) the app sends while the block runs: what a hot path
+    costs in round trips, asserted where one more would be felt."""
+    seen: dict[str, list] = {"sql": [], "commits": []}
+
+    def on_execute(conn, cursor, statement, params, context, executemany):
+        seen["sql"].append(statement)
+
+    def on_commit(conn):
+        seen["commits"].append(conn)
+
+    engine = db.engine
+    sa.event.listen(engine, "before_cursor_execute", on_execute)
+    sa.event.listen(engine, "commit", on_commit)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", on_execute)
+        sa.event.remove(engine, "commit", on_commit)
 
 
 def _config(url: str, **overrides) -> dict:

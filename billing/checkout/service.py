@@ -17,6 +17,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.orm import aliased, defer, joinedload, load_only
+from sqlalchemy.orm.attributes import set_committed_value
 
 from billing.checkout import rules
 from billing.checkout.models import (
@@ -500,19 +501,24 @@ def _todays_open_visit(
     The memberships are None when there is no visit: an opened visit's line locks them itself."""
     params = {"member_id": member_id, "location": location, "since": _start_of_today(now, settings)}
     dialect = db.session.get_bind().dialect.name
-    rows = (
-        db.session.execute(
-            _todays_visit_query(dialect, line is not None), params | _parties_params(line)
-        )
-        .unique()
-        .all()
-    )
+    rows = db.session.execute(
+        _todays_visit_query(dialect, line is not None),
+        params | _parties_params(line),
+        # Rows the session already holds (a second look, after waiting for the client's lock)
+        # are refreshed from the locked read; on the first look it holds none, and refreshing
+        # costs more than the rest of loading them.
+        execution_options={"populate_existing": bool(db.session.identity_map)},
+    ).all()
     if not rows:
         return None, None, None
+    visit = rows[0].visit
+    # The visit holds its client, as a joined load would have: the session holds objects
+    # weakly, and the client the line's rules name would otherwise be gone, and read again.
+    set_committed_value(visit, "member", rows[0].Member)
     usable = [row.membership for row in rows if row.membership is not None]
     ledger.note_locked(m.id for m in usable)
     parties = _LineParties(rows[0].Treatment, rows[0].Staff) if line is not None else None
-    return rows[0].visit, parties, usable
+    return visit, parties, usable
 
 
 def _start_of_today(now: datetime, settings: ClinicSettings) -> datetime:
@@ -563,12 +569,14 @@ def _todays_visit_query(dialect: str, with_parties: bool) -> sa.Select:
         usable = usable_select(sa.bindparam("member_id")).subquery("usable")
     visit = aliased(Visit, todays, name="visit")
     membership = aliased(Membership, usable, name="membership")
+    # The client (their name) is an entity of the row, not joined-loaded onto the visit: the
+    # eager loader cost more than the column's read (the visit is given it after).
     query = (
-        sa.select(visit, membership)
+        sa.select(visit, membership, Member)
         .join_from(visit, membership, sa.true(), isouter=True)
-        .options(joinedload(visit.member, innerjoin=True).load_only(*_CLIENT_NAME_ONLY))
+        .join(Member, Member.id == visit.member_id)
+        .options(load_only(*_CLIENT_NAME_ONLY))
         .order_by(membership.id)
-        .execution_options(populate_existing=True)
     )
     return _with_parties(query) if with_parties else query
 

@@ -16,6 +16,7 @@ from billing.extensions import db
 from billing.memberships import service as memberships
 from billing.staff.models import Credential, DutyShift, Staff
 from tests import factories as f
+from tests.conftest import IS_POSTGRES, sql_sent
 
 TODAY = date(2026, 3, 2)  # the clock fixture: 10:00 on Monday 2 March 2026 in Singapore
 
@@ -803,6 +804,29 @@ def test_todays_visit_redeems_from_own_and_household_memberships(client, staff, 
     assert more.get_json()["membership_id"] == household.id
     assert balance(household, clinic.botox, clock) == 0
     assert len(visits_of(clinic.member.id)) == 1
+
+
+def test_a_redemption_into_todays_visit_is_five_statements_on_postgresql(
+    client, staff, clinic, clock
+):
+    """The desk's common call, met as the server meets it (a session with nothing loaded): the
+    key claimed, today's visit locked with the client's memberships, the treatment and the
+    provider, the credits read, the line written with its entries, the response kept; one
+    commit. A sixth statement would be a round trip more on every click at the desk."""
+    spa = f.plan([(clinic.massage, 4)], code="spa", price=9000)
+    client_id = f.active_membership(spa, now=clock(), owner=f.member("Ana", "Lim")).member_id
+    provider = clinic.aesthetician.id
+    db.session.commit()
+    first = desk_redeem(client, staff, client_id, "lymph-massage", provider)
+    db.session.remove()
+    with sql_sent() as seen:
+        second = desk_redeem(client, staff, client_id, "lymph-massage", provider)
+    assert second.status_code == 201, second.get_json()
+    assert second.get_json()["status"] == "redeemed"
+    assert second.get_json()["visit_id"] == first.get_json()["visit_id"]
+    # SQLite: the line and its entries in two statements (no data-modifying WITH).
+    assert len(seen["sql"]) == (5 if IS_POSTGRES else 6), seen["sql"]
+    assert len(seen["commits"]) == 1
 
 
 def test_a_desk_retry_returns_the_first_line_and_spends_nothing_more(client, staff, clinic, clock):

@@ -7,7 +7,6 @@ with its own app context (its own session and connection)."""
 from __future__ import annotations
 
 import threading
-from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
@@ -20,30 +19,9 @@ from billing.payments.models import Invoice
 from billing.stripe_sync import handlers
 from billing.stripe_sync.models import StripeEvent
 from tests import stripe_fixtures as sf
-from tests.conftest import IS_POSTGRES
+from tests.conftest import IS_POSTGRES, sql_sent
 
 MONTH = timedelta(days=31)
-
-
-@contextmanager
-def _statements():
-    """The SQL statements (and commits) sent while the block runs."""
-    seen: dict[str, list] = {"sql": [], "commits": []}
-
-    def on_execute(conn, cursor, statement, params, context, executemany):
-        seen["sql"].append(statement)
-
-    def on_commit(conn):
-        seen["commits"].append(conn)
-
-    engine = db.engine
-    sa.event.listen(engine, "before_cursor_execute", on_execute)
-    sa.event.listen(engine, "commit", on_commit)
-    try:
-        yield seen
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", on_execute)
-        sa.event.remove(engine, "commit", on_commit)
 
 
 def _first_invoice(billed, clock):
@@ -59,7 +37,7 @@ def test_a_duplicate_of_a_done_event_is_one_statement_and_writes_nothing(app, cl
     before = (stored.status, stored.attempts, stored.last_attempt_at, stored.outcome)
 
     clock.advance(minutes=5)
-    with _statements() as seen:
+    with sql_sent() as seen:
         response = sf.post(client, evt)
 
     assert response.status_code == 200
@@ -79,7 +57,7 @@ def test_a_new_event_is_stored_and_acted_on_in_one_commit(app, client, clock):
     billed = sf.Billed(clock())
     evt = sf.event("invoice.paid", _first_invoice(billed, clock), created=clock())
 
-    with _statements() as seen:
+    with sql_sent() as seen:
         response = sf.post(client, evt)
 
     assert response.status_code == 200 and response.get_json()["status"] == "processed"
