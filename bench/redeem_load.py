@@ -371,33 +371,35 @@ def in_process_sample(url: str, seeded: dict, iterations: int = 30) -> tuple[dic
     lines: list[list[int]] = []  # redeemed here: the audit must know them
     voided: list[int] = []
     with app.app_context():
+        engine = db.engine
+    # Each request in an app context (and a session) of its own, as under gunicorn: one context
+    # around them all would keep one session, and what it loaded, from call to call.
 
-        def timed(name, path, body):
-            extra = {"Idempotency-Key": uuid.uuid4().hex}
-            with common.statement_counter(db.engine) as counted:
-                t0, c0 = time.perf_counter(), time.process_time()
-                response = client.post(path, json=body, headers={**headers, **extra})
-                wall[name].append(time.perf_counter() - t0)
-                cpu[name].append(time.process_time() - c0)
-            statements[name] += counted["n"]
-            return response
+    def timed(name, path, body):
+        extra = {"Idempotency-Key": uuid.uuid4().hex}
+        with common.statement_counter(engine) as counted:
+            t0, c0 = time.perf_counter(), time.process_time()
+            response = client.post(path, json=body, headers={**headers, **extra})
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+        statements[name] += counted["n"]
+        return response
 
-        for member in members:
-            body = {
-                "member_id": member,
-                "location": "orchard",
-                "treatment": TREATMENT,
-                "provider_id": seeded["provider_id"],
-                "pay_with": "credits",
-            }
-            for name in ("redeem", "redeem_in_todays_visit"):
-                line = timed(name, "/api/v1/desk/redemptions", body).get_json()
-                lines.append([line["visit_id"], line["id"]])
-            path = f"/api/v1/visits/{line['visit_id']}/lines/{line['id']}/void"
-            timed("void", path, {"reason": "sample void"})
-            voided.append(line["id"])
-        db.session.remove()
-        db.engine.dispose()
+    for member in members:
+        body = {
+            "member_id": member,
+            "location": "orchard",
+            "treatment": TREATMENT,
+            "provider_id": seeded["provider_id"],
+            "pay_with": "credits",
+        }
+        for name in ("redeem", "redeem_in_todays_visit"):
+            line = timed(name, "/api/v1/desk/redemptions", body).get_json()
+            lines.append([line["visit_id"], line["id"]])
+        path = f"/api/v1/visits/{line['visit_id']}/lines/{line['id']}/void"
+        timed("void", path, {"reason": "sample void"})
+        voided.append(line["id"])
+    engine.dispose()
     figures = {
         name: {
             "p50_ms": common.summarize_ms(wall[name])["p50"],
