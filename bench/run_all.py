@@ -30,6 +30,7 @@ FULL = {
     "webhook_ingest": ["--events", "20000", "--members", "5000"],
     "grant_scale": ["--memberships", "100000", "--each-sample", "5000", "--quiet"],
     "search_latency": ["--members", "100000", "--seconds", "20"],
+    "desk_instructions": ["--calls", "20"],
 }
 QUICK = {
     "redeem_load": [
@@ -39,6 +40,7 @@ QUICK = {
     "webhook_ingest": ["--events", "2000", "--members", "500"],
     "grant_scale": ["--memberships", "3000", "--profile-sample", "300", "--quiet"],
     "search_latency": ["--members", "20000", "--seconds", "8"],
+    "desk_instructions": ["--calls", "5"],
 }
 
 
@@ -142,6 +144,17 @@ def markdown(results: dict, meta: dict, quick: bool) -> str:
             f"{s['searches_per_s']} searches/s (in process p95 {s['in_process_ms']['p95']} ms) "
             f"| raw SQL p95 {s['raw_ms']['all']['p95']} ms | API p95 x{s['ratio_p95_api_vs_raw']} "
             f"| p95 < 20 ms | {_yes(s['meets_p95'])} |"
+        )
+    d = results.get("desk_instructions")
+    if d and "error" not in d:
+        counts, times = d["instructions_per_call"], d["times_plain"]
+        lines.append(
+            f"| desk_instructions | {d['calls']} calls of each kind, callgrind, in process "
+            f"| instructions a call: into today's visit {counts['redeem_in_todays_visit']:,}, "
+            f"opening it {counts['redeem']:,}, a void {counts['void']:,} "
+            f"| GET /healthz {counts['plain']:,} "
+            f"| x{times['redeem_in_todays_visit']} / x{times['redeem']} / x{times['void']} "
+            "| (none: the CPU figure that does not drift with the host) | |"
         )
     e = results.get("export_memory")
     if e and "error" not in e:
