@@ -18,7 +18,10 @@ latency = desks / throughput), the throughput target from both.
 
 Afterwards the ledger is compared with the responses: every 201 line has exactly one credit's
 worth of `redeem` entries, every void exactly one reversal, no redeem entry exists without a 201,
-no credit balance is negative. A double redemption is any of those that is not so (must be 0).
+no credit balance is negative. A redemption still unanswered when the run's time is up is given
+up by its desk; if the server wrote it after all, its Idempotency-Key's record must hold the 201
+naming its line (what a retry would be told), or it counts as an entry without a 201. A double
+redemption is any of those that is not so (must be 0).
 
 Also reported: the CPU a request cost during the saturation run, split between gunicorn's
 processes and the database's PostgreSQL backends (bench/cpu.py): on a shared 2-core machine it
@@ -66,9 +69,16 @@ def _desk_step(plan: dict, outcome: dict):
     async def step(desk: int, conn: loadgen.Connection, rec: loadgen.Recorder, due) -> None:
         body = {**line, "member_id": rnd.choice(members), "location": "orchard"}
         key = {"Idempotency-Key": uuid.uuid4().hex}
-        r = await loadgen.timed(
-            rec, conn, "redeem", "POST", "/api/v1/desk/redemptions", body, key, due
-        )
+        try:
+            r = await loadgen.timed(
+                rec, conn, "redeem", "POST", "/api/v1/desk/redemptions", body, key, due
+            )
+        except asyncio.CancelledError:
+            # The run's time is up with this one still unanswered: the desk gives up on it. The
+            # server may still finish it, and then its key's record holds the answer (the audit
+            # looks there).
+            outcome["abandoned_keys"].append(key["Idempotency-Key"])
+            raise
         if r is None:
             return
         if r.status == 409 and b"insufficient" in r.body:
@@ -102,7 +112,13 @@ def _desk_step(plan: dict, outcome: dict):
 
 
 async def _drive(plan: dict) -> dict:
-    outcome = {"redeemed": [], "voided": [], "replay_mismatch": 0, "insufficient": 0}
+    outcome = {
+        "redeemed": [],
+        "voided": [],
+        "replay_mismatch": 0,
+        "insufficient": 0,
+        "abandoned_keys": [],
+    }
     step = _desk_step(plan, outcome)
     headers = common.bearer(plan["key"])
     if plan.get("rate"):
@@ -133,12 +149,26 @@ def drive_main(plan_path: str, out_path: str) -> None:
 # The ledger against the responses
 
 
-def audit(url: str, redeemed: list[list[int]], voided: list[int]) -> dict:
-    """Compare what the desks were told with what the ledger holds."""
+def audit(
+    url: str, redeemed: list[list[int]], voided: list[int], abandoned_keys: list[str] = ()
+) -> dict:
+    """Compare what the desks were told with what the ledger holds.
+
+    A redemption a desk gave up on when the run's time was up (`abandoned_keys`) may have been
+    written after all: its line counts as answered when its key's record holds the 201 naming
+    it, the answer a retry with that key would have been given."""
     engine = sa.create_engine(url)
     ok_lines = {line for _visit, line in redeemed}
     voided_set = set(voided)
     with engine.connect() as conn:
+        stored = conn.execute(
+            sa.text(
+                "SELECT response_body FROM idempotency_records "
+                "WHERE key = ANY(:keys) AND status_code = 201"
+            ),
+            {"keys": list(abandoned_keys)},
+        ).scalars()
+        answered_late = {body["id"] for body in stored}
         rows = conn.execute(
             sa.text(
                 "SELECT visit_line_id, kind, SUM(quantity) FROM ledger_entries "
@@ -170,7 +200,8 @@ def audit(url: str, redeemed: list[list[int]], voided: list[int]) -> dict:
             reverse_qty[line_id] = int(qty)
     double = sum(1 for line, q in redeem_qty.items() if q < -1)
     missing = sum(1 for line in ok_lines if redeem_qty.get(line, 0) != -1)
-    without_response = sum(1 for line in redeem_qty if line not in ok_lines)
+    without_response = [line for line in redeem_qty if line not in ok_lines]
+    kept_for_a_retry = [line for line in without_response if line in answered_late]
     double_void = sum(1 for line, q in reverse_qty.items() if q > 1) + reverses
     void_missing = sum(1 for line in voided_set if reverse_qty.get(line, 0) != 1)
     return {
@@ -178,7 +209,9 @@ def audit(url: str, redeemed: list[list[int]], voided: list[int]) -> dict:
         "lines_redeemed_in_db": redeemed_lines_db,
         "double_redemptions": double + double_void,
         "redeemed_without_ledger": missing,
-        "ledger_without_response": without_response,
+        "ledger_without_response": len(without_response) - len(kept_for_a_retry),
+        "abandoned_in_flight": len(abandoned_keys),
+        "abandoned_but_written": len(kept_for_a_retry),
         "voids_without_reversal": void_missing,
         "negative_balances": negative,
     }
@@ -489,7 +522,8 @@ def run(args) -> dict:
             server_log = server.log_tail(2000)
         redeemed = [line for r in runs for line in r["redeemed"]] + sample_lines
         voided = [line for r in runs for line in r["voided"]] + sample_voided
-        checks = audit(url, redeemed, voided)
+        abandoned = [key for r in runs for key in r["abandoned_keys"]]
+        checks = audit(url, redeemed, voided, abandoned)
         baseline = pgbench(
             url, rows=args.members, clients=args.concurrency, seconds=args.pgbench_seconds
         )
@@ -561,6 +595,8 @@ def report(result: dict) -> None:
             ("double redemptions (must be 0)", a["double_redemptions"]),
             ("  201 without ledger entry", a["redeemed_without_ledger"]),
             ("  ledger entry without 201", a["ledger_without_response"]),
+            ("  given up by the desk in flight", a["abandoned_in_flight"]),
+            ("    of which written, the 201 kept for a retry", a["abandoned_but_written"]),
             ("  voids without reversal", a["voids_without_reversal"]),
             ("  negative balances", a["negative_balances"]),
             ("pgbench baseline tps", pg["tps"]),
