@@ -51,7 +51,9 @@ browser:
 	  fi; \
 	fi
 
-test: lint browser test-sqlite test-postgres
+# Both suites at once (scripts/test-both.sh); test-sqlite and test-postgres run one each.
+test: lint browser install
+	scripts/test-both.sh
 
 # Benchmarks print their figures (ratios against baselines measured in the same run) on PostgreSQL.
 bench: install
