@@ -570,7 +570,7 @@ def _todays_visit_query(dialect: str, with_parties: bool) -> sa.Select:
     visit = aliased(Visit, todays, name="visit")
     membership = aliased(Membership, usable, name="membership")
     # The client (their name) is an entity of the row, not joined-loaded onto the visit: the
-    # eager loader cost more than the column's read (the visit is given it after).
+    # eager loader cost more than the read. _todays_open_visit then gives the visit its client.
     query = (
         sa.select(visit, membership, Member)
         .join_from(visit, membership, sa.true(), isouter=True)
