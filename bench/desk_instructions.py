@@ -26,6 +26,7 @@ import argparse
 import gc
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,11 +42,6 @@ KINDS = ("plain", "redeem", "redeem_in_todays_visit", "void")
 WARM = 5  # calls of the kind made before the counted ones
 
 
-def _valgrind() -> str | None:
-    done = subprocess.run(["which", "valgrind"], capture_output=True, text=True)
-    return done.stdout.strip() or None
-
-
 # ---------------------------------------------------------------------------------------------
 # The child: one kind of call, under callgrind
 
@@ -59,22 +55,17 @@ def child_main(plan_path: str, kind: str) -> None:
     calls = plan["calls"]
 
     def desk(member: int):
-        body = {
-            "member_id": member,
-            "location": "orchard",
-            "treatment": redeem_load.TREATMENT,
-            "provider_id": plan["provider_id"],
-            "pay_with": "credits",
-        }
+        body = redeem_load.desk_body(member, plan["provider_id"])
         key = {"Idempotency-Key": uuid.uuid4().hex}
         response = client.post("/api/v1/desk/redemptions", json=body, headers={**headers, **key})
         assert response.status_code == 201, response.get_data()
         return response.get_json()
 
     def void(line: dict):
-        path = f"/api/v1/visits/{line['visit_id']}/lines/{line['id']}/void"
         key = {"Idempotency-Key": uuid.uuid4().hex}
-        response = client.post(path, json={"reason": "counted"}, headers={**headers, **key})
+        response = client.post(
+            redeem_load.void_path(line), json={"reason": "counted"}, headers={**headers, **key}
+        )
         assert response.status_code == 200, response.get_data()
 
     def plain(_member: int):
@@ -183,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         child_main(args.plan, args.child)
         return
-    if not _valgrind():
+    if not shutil.which("valgrind"):
         sys.exit("valgrind is not installed (Debian: apt-get install valgrind)")
     result = run(args.calls)
     common.print_table(

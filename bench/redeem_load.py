@@ -43,6 +43,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -55,6 +56,22 @@ from bench import common, cpu, loadgen  # noqa: E402
 TREATMENT = "hydrafacial"
 
 
+def desk_body(member_id: int, provider_id: int) -> dict:
+    """The desk's one call for a client: the benchmark's treatment, paid with credits."""
+    return {
+        "member_id": member_id,
+        "location": "orchard",
+        "treatment": TREATMENT,
+        "provider_id": provider_id,
+        "pay_with": "credits",
+    }
+
+
+def void_path(line: dict) -> str:
+    """Where a line the desk call answered with is voided."""
+    return f"/api/v1/visits/{line['visit_id']}/lines/{line['id']}/void"
+
+
 # ---------------------------------------------------------------------------------------------
 # The load generator (runs in its own process: `--drive plan.json`)
 
@@ -64,10 +81,9 @@ def _desk_step(plan: dict, outcome: dict):
     a share is sent again with the same key (a retry after a timeout), a share voided."""
     rnd = random.Random(plan["seed"])
     members: list[int] = plan["members"]
-    line = {"treatment": TREATMENT, "provider_id": plan["provider_id"], "pay_with": "credits"}
 
     async def step(desk: int, conn: loadgen.Connection, rec: loadgen.Recorder, due) -> None:
-        body = {**line, "member_id": rnd.choice(members), "location": "orchard"}
+        body = desk_body(rnd.choice(members), plan["provider_id"])
         key = {"Idempotency-Key": uuid.uuid4().hex}
         try:
             r = await loadgen.timed(
@@ -95,7 +111,7 @@ def _desk_step(plan: dict, outcome: dict):
             if again is not None and (again.status != 201 or again.json()["id"] != first["id"]):
                 outcome["replay_mismatch"] += 1
         if rnd.random() < plan["void_share"]:
-            path = f"/api/v1/visits/{first['visit_id']}/lines/{first['id']}/void"
+            path = void_path(first)
             r = await loadgen.timed(
                 rec,
                 conn,
@@ -150,7 +166,7 @@ def drive_main(plan_path: str, out_path: str) -> None:
 
 
 def audit(
-    url: str, redeemed: list[list[int]], voided: list[int], abandoned_keys: list[str] = ()
+    url: str, redeemed: list[list[int]], voided: list[int], abandoned_keys: Sequence[str] = ()
 ) -> dict:
     """Compare what the desks were told with what the ledger holds.
 
@@ -419,18 +435,11 @@ def in_process_sample(url: str, seeded: dict, iterations: int = 30) -> tuple[dic
         return response
 
     for member in members:
-        body = {
-            "member_id": member,
-            "location": "orchard",
-            "treatment": TREATMENT,
-            "provider_id": seeded["provider_id"],
-            "pay_with": "credits",
-        }
+        body = desk_body(member, seeded["provider_id"])
         for name in ("redeem", "redeem_in_todays_visit"):
             line = timed(name, "/api/v1/desk/redemptions", body).get_json()
             lines.append([line["visit_id"], line["id"]])
-        path = f"/api/v1/visits/{line['visit_id']}/lines/{line['id']}/void"
-        timed("void", path, {"reason": "sample void"})
+        timed("void", void_path(line), {"reason": "sample void"})
         voided.append(line["id"])
     engine.dispose()
     figures = {
