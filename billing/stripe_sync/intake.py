@@ -4,8 +4,9 @@ In queued mode (production's default) a delivery is verified, stored and answere
 request machinery around those few steps (request context, routing, the request guard's walk of
 every string and number of a 4 KB event, the error handlers) was most of the request's CPU, and
 Stripe's deliveries share the cores with the front desk. So `POST /webhooks/stripe` is answered
-here, by the same verbs the Flask view calls (service.verified_event, service.enqueue), on a
-connection from the app's own engine pool (its disconnect handling and ping-when-idle apply).
+here, by the same verbs the Flask view calls (service.verified_event, service.enqueue), on one
+of the autocommitted connections the app's engine keeps for that insert (billing/pool.py's
+AutocommitConnections: one the database dropped while idle is replaced unseen).
 
 The door answers only what it can answer exactly as Flask would, and passes everything else on
 with the body it read, so Flask answers as it always has:

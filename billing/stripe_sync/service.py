@@ -17,7 +17,6 @@ at the desk) just takes the local verb."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import traceback as tb
@@ -39,6 +38,7 @@ from billing.memberships.models import Membership, State
 from billing.payments import service as payments
 from billing.payments.models import Invoice
 from billing.plans.models import PlanVersion
+from billing.pool import autocommit_connections
 from billing.settings import clinic_settings
 from billing.stripe_sync import gateway as gateway_module
 from billing.stripe_sync import handlers
@@ -186,21 +186,14 @@ _ENQUEUE_PG = (
 
 
 def _enqueue_on_driver(engine: sa.Engine, values: dict, payload_text: str) -> bool:
-    """INSERT ... ON CONFLICT DO NOTHING on a pooled driver connection, in autocommit: the
-    statement is its own transaction, durable when it returns (one round trip; an INSERT then
-    a COMMIT were two). True when this delivery stored the event. A database that cannot take
-    it is a 503, and Stripe delivers again: one that cannot even give a connection too (the
+    """INSERT ... ON CONFLICT DO NOTHING on an autocommitted connection kept for it (the
+    statement is its own transaction, durable when it returns: one round trip; an INSERT then a
+    COMMIT were two). True when this delivery stored the event. A database that cannot take it
+    is a 503, and Stripe delivers again; so is one that cannot even give a connection (the
     pool hands the driver's own error up, unwrapped, which was a 500)."""
     dbapi = engine.dialect.loaded_dbapi
     try:
-        conn = engine.raw_connection()
-    except (dbapi.Error, sa.exc.SQLAlchemyError) as exc:
-        raise _not_stored(values["id"], exc) from None
-    driver = conn.driver_connection
-    try:
-        driver.autocommit = True
-        cursor = driver.cursor()
-        cursor.execute(
+        stored = autocommit_connections(engine).execute(
             _ENQUEUE_PG,
             (
                 values["id"],
@@ -213,17 +206,9 @@ def _enqueue_on_driver(engine: sa.Engine, values: dict, payload_text: str) -> bo
                 values["received_at"],
             ),
         )
-        new = cursor.rowcount == 1
-        cursor.close()
-        return new
-    except dbapi.Error as exc:
-        if isinstance(exc, dbapi.OperationalError):
-            conn.invalidate(exc)  # a dropped connection goes, not back to the pool
+    except (dbapi.Error, sa.exc.SQLAlchemyError) as exc:
         raise _not_stored(values["id"], exc) from None
-    finally:
-        with contextlib.suppress(dbapi.Error):
-            driver.autocommit = False  # back to the pool as the sessions expect it
-        conn.close()
+    return stored == 1
 
 
 def _not_stored(event_id: str, exc: Exception) -> ServiceUnavailable:

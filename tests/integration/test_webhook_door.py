@@ -235,6 +235,64 @@ def test_a_database_that_cannot_be_reached_is_the_same_503(queued, client, door,
     assert by_door
 
 
+def _held_backends(database_url: str) -> int:
+    """Backends of the test database whose last statement was the door's insert and which now
+    sit idle: the connections kept for it (billing.pool.AutocommitConnections)."""
+    other = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
+    with other.connect() as conn:
+        count = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND state = 'idle' AND query LIKE 'INSERT INTO stripe_events%'"
+            )
+        ).scalar()
+    other.dispose()
+    return count
+
+
+@pytest.mark.postgres_only
+def test_a_kept_connection_the_database_dropped_while_idle_is_replaced_unseen(
+    queued, client, door, database_url
+):
+    """The door keeps its connection between deliveries (no pool checkout, no ping): when the
+    database has dropped it meanwhile (a restart, an idle timeout), the delivery is still
+    stored and answered 200, on a new connection, not refused with a 503."""
+    assert _post(client, json.dumps(_an_event())).status_code == 200
+    assert _held_backends(database_url) == 1
+    other = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
+    with other.connect() as conn:
+        conn.execute(
+            sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND query LIKE 'INSERT INTO stripe_events%'"
+            )
+        )
+    other.dispose()
+
+    response = _post(client, json.dumps(_an_event()))
+
+    assert response.status_code == 200
+    assert response.get_json()["duplicate"] is False
+    assert door.passed == 0
+    assert _count_events() == 2
+
+
+@pytest.mark.postgres_only
+def test_the_kept_connections_close_with_the_engine(queued, client, door, database_url):
+    """Disposing of the app's engine (a worker shutting down, a test's teardown) closes the
+    door's connections too: none is left behind on the database."""
+    assert _post(client, json.dumps(_an_event())).status_code == 200
+    assert _held_backends(database_url) == 1
+
+    db.engine.dispose()
+
+    deadline = time.monotonic() + 5
+    while _held_backends(database_url) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _held_backends(database_url) == 0
+    assert _post(client, json.dumps(_an_event())).status_code == 200
+
+
 # ---------------------------------------------------------------------------------------------
 # The door passes these to Flask (and Flask answers as it always has)
 
