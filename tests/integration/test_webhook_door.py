@@ -84,6 +84,15 @@ def _both(app, client, door, send) -> tuple:
     return _answer(through_door), _answer(through_flask), answered_by_door
 
 
+def _aside(database_url: str, sql: str, **params) -> sa.Row | None:
+    """The first row of `sql`, run on a connection of its own (not the app's pool)."""
+    other = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
+    with other.connect() as conn:
+        row = conn.execute(sa.text(sql), params).first()
+    other.dispose()
+    return row
+
+
 def _count_events() -> int:
     db.session.remove()
     return db.session.execute(sa.select(sa.func.count()).select_from(StripeEvent)).scalar()
@@ -168,13 +177,11 @@ def test_the_event_is_committed_before_the_200(queued, client, door, database_ur
     response = _post(client, body)
 
     assert response.status_code == 200 and door.passed == 0
-    other = sa.create_engine(database_url, poolclass=sa.pool.NullPool)  # not the app's pool
-    with other.connect() as conn:
-        stored = conn.execute(
-            sa.text("SELECT status, attempts, payload::text FROM stripe_events WHERE id = :id"),
-            {"id": evt["id"]},
-        ).one()
-    other.dispose()
+    stored = _aside(
+        database_url,
+        "SELECT status, attempts, payload::text FROM stripe_events WHERE id = :id",
+        id=evt["id"],
+    )
     assert stored.status == "received" and stored.attempts == 0
     assert stored.payload == body  # the text Stripe signed (json, not jsonb: kept as sent)
 
@@ -235,19 +242,17 @@ def test_a_database_that_cannot_be_reached_is_the_same_503(queued, client, door,
     assert by_door
 
 
+# The test database's backends whose last statement was the door's insert: the connections
+# kept for it (billing.pool.AutocommitConnections).
+_DOORS_BACKENDS = (
+    "FROM pg_stat_activity WHERE datname = current_database() "
+    "AND query LIKE 'INSERT INTO stripe_events%'"
+)
+
+
 def _held_backends(database_url: str) -> int:
-    """Backends of the test database whose last statement was the door's insert and which now
-    sit idle: the connections kept for it (billing.pool.AutocommitConnections)."""
-    other = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
-    with other.connect() as conn:
-        count = conn.execute(
-            sa.text(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND state = 'idle' AND query LIKE 'INSERT INTO stripe_events%'"
-            )
-        ).scalar()
-    other.dispose()
-    return count
+    """How many of the door's connections sit idle on the database."""
+    return _aside(database_url, f"SELECT count(*) {_DOORS_BACKENDS} AND state = 'idle'")[0]
 
 
 @pytest.mark.postgres_only
@@ -259,15 +264,7 @@ def test_a_kept_connection_the_database_dropped_while_idle_is_replaced_unseen(
     stored and answered 200, on a new connection, not refused with a 503."""
     assert _post(client, json.dumps(_an_event())).status_code == 200
     assert _held_backends(database_url) == 1
-    other = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
-    with other.connect() as conn:
-        conn.execute(
-            sa.text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND query LIKE 'INSERT INTO stripe_events%'"
-            )
-        )
-    other.dispose()
+    _aside(database_url, f"SELECT pg_terminate_backend(pid) {_DOORS_BACKENDS}")
 
     response = _post(client, json.dumps(_an_event()))
 
