@@ -220,8 +220,12 @@ class AutocommitConnections:
             generation = self._generation
         fairy = self._engine.raw_connection()
         conn = fairy.driver_connection
-        fairy.detach()
-        conn.autocommit = True
+        fairy.detach()  # from here on, closing it is this object's job
+        try:
+            conn.autocommit = True
+        except BaseException:
+            conn.close()
+            raise
         return conn, generation
 
     def _give_back(self, conn: psycopg.Connection, generation: int) -> None:
