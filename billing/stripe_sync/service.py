@@ -180,7 +180,7 @@ def enqueue(engine: sa.Engine, event: dict, payload: bytes, now: datetime) -> Re
 
 _ENQUEUE_PG = (
     "INSERT INTO stripe_events (id, type, object_id, stripe_created, livemode, payload, status, "
-    "attempts, received_at) VALUES (%s, %s, %s, %s, %s, %s::json, %s, 0, %s) "
+    "attempts, received_at) VALUES ($1, $2, $3, $4, $5, $6::json, $7, 0, $8) "
     "ON CONFLICT (id) DO NOTHING"
 )
 

@@ -158,3 +158,64 @@ def _runs_of_plans_lookup() -> int:
         conn.commit()
     db.session.remove()
     return int(runs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Autocommitted connections kept for one-statement writes (Stripe's door)
+
+_STORE = (
+    "INSERT INTO stripe_events (id, type, object_id, stripe_created, livemode, payload, status, "
+    "attempts, received_at) VALUES ($1, 'invoice.paid', NULL, $2, false, $3::json, 'received', "
+    "0, $2) ON CONFLICT (id) DO NOTHING"
+)
+
+
+@pytest.mark.postgres_only
+def test_a_kept_connection_stores_a_body_as_large_as_the_limit_whole_and_only_once(app):
+    """The statement goes through libpq's own call: a parameter larger than the socket's buffers
+    (a body of MAX_CONTENT_LENGTH) arrives whole, and the row count says whether it was new."""
+    from datetime import UTC, datetime
+
+    from billing.pool import autocommit_connections
+
+    kept = autocommit_connections(db.engine)
+    body = '{"note": "%s"}' % ("é✓" * (app.config["MAX_CONTENT_LENGTH"] // 6))
+    now = datetime.now(UTC)
+
+    assert kept.execute(_STORE, ("evt_big", now, body)) == 1
+    assert kept.execute(_STORE, ("evt_big", now, body)) == 0
+
+    stored = db.session.execute(
+        sa.text("SELECT payload::text, received_at FROM stripe_events WHERE id = 'evt_big'")
+    ).one()
+    assert stored.payload == body
+    assert stored.received_at == now
+
+
+@pytest.mark.postgres_only
+def test_a_statement_the_database_refuses_raises_what_psycopg_would_and_is_sent_once(
+    app, database_url
+):
+    """Only a connection lost is worth a second try: an error of the statement's own is raised,
+    as psycopg's class for its SQLSTATE, after one execution (a sequence, which no rollback
+    undoes, counts them)."""
+    import psycopg
+
+    from billing.pool import autocommit_connections
+
+    kept = autocommit_connections(db.engine)
+    other = sa.create_engine(database_url, isolation_level="AUTOCOMMIT")
+    with other.connect() as conn:
+        conn.execute(sa.text("CREATE SEQUENCE kept_sent"))
+    try:
+        with pytest.raises(psycopg.errors.DivisionByZero, match="division by zero"):
+            kept.execute("SELECT nextval('kept_sent') / $1::int", (0,))
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            kept.execute("INSERT INTO no_such_table VALUES ($1)", (1,))
+        assert kept.execute("SELECT nextval('kept_sent') / $1::int", (1,)) == 1
+        with other.connect() as conn:
+            assert conn.execute(sa.text("SELECT last_value FROM kept_sent")).scalar() == 2
+    finally:
+        with other.connect() as conn:
+            conn.execute(sa.text("DROP SEQUENCE kept_sent"))
+        other.dispose()
