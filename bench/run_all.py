@@ -121,7 +121,14 @@ def markdown(results: dict, meta: dict, quick: bool) -> str:
             f"| webhook_ingest | {w['deliveries']:,} deliveries ({w['members']:,} members, 20 % "
             f"duplicates), {w['concurrency']} senders | {w['events_per_s']} events/s, p95 "
             f"{w['latency_ms']['p95']} ms, {w['sent'] - w['accepted']} not accepted "
-            f"| /healthz {w['healthz_per_s']} req/s | {w['share_of_healthz']} of /healthz "
+            f"| /healthz {w['healthz_per_s']} req/s"
+            + (
+                f"; the floor {w['floor_per_s']} req/s ({w['floor_share_of_healthz']} of "
+                f"/healthz; deliveries {w['share_of_floor']} of it)"
+                if "floor_per_s" in w
+                else ""
+            )
+            + f" | {w['share_of_healthz']} of /healthz "
             f"| >= 500/s, >= 50 % | {_yes(w['meets_rate'])} / {_yes(w['meets_share'])} |"
         )
     g = results.get("grant_scale")

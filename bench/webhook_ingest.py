@@ -15,9 +15,12 @@ shuffled; each serialised once before the clock starts and signed at send time. 
 next delivery as soon as the previous one is answered.
 
 Reported: intake events/s, latency, and the share of /healthz's throughput (same server, same
-senders) it reaches (targets: >= 500 events/s and >= 50 % of /healthz); end to end, the time
-from the first delivery until the worker has acted on every event, and events acted on per
-second; the final state (every event processed, ignored or flagged, none failed or waiting, no
+senders) it reaches (targets: >= 500 events/s and >= 50 % of /healthz). Between the two, the
+floor (bench/floor_app.py, same server, same senders, the same bodies): each body stored as one
+row, durably, and nothing else done; what the door reaches of it is what its own work costs,
+and what the floor reaches of /healthz bounds any durable intake on this server. End to end,
+the time from the first delivery until the worker has acted on every event, and events acted
+on per second; the final state (every event processed, ignored or flagged, none failed or waiting, no
 period granted twice). `--mode inline` measures the old path, where the request acts.
 
 Also reported, because on a shared 2-core machine throughput moves with whatever else runs: the
@@ -32,6 +35,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import itertools
 import json
 import random
 import sys
@@ -45,6 +49,11 @@ import sqlalchemy as sa  # noqa: E402
 
 from bench import common, cpu, loadgen  # noqa: E402
 
+# The floor: bench/floor_app.py answers this path (the body stored, nothing else done).
+FLOOR_PATH = "/bench/floor"
+FLOOR_TABLE = "bench_floor"
+FLOOR_APP = "bench.floor_app:app"
+
 # ---------------------------------------------------------------------------------------------
 # The load generator (runs in its own process: `--drive plan.json`)
 
@@ -52,6 +61,19 @@ from bench import common, cpu, loadgen  # noqa: E402
 def _healthz_step():
     async def step(desk: int, conn: loadgen.Connection, rec: loadgen.Recorder, due) -> None:
         await loadgen.timed(rec, conn, "get", "GET", "/healthz")
+
+    return step
+
+
+def _floor_step(bodies: list[bytes]):
+    """The deliveries' bodies in turn, signed as they are (the same work for the senders), to
+    the floor, which stores each under an id of its own."""
+    turn = itertools.cycle(bodies)
+
+    async def step(desk: int, conn: loadgen.Connection, rec: loadgen.Recorder, due) -> None:
+        body = next(turn)
+        headers = {"Stripe-Signature": _sign(body, common.WEBHOOK_SECRET)}
+        await loadgen.timed(rec, conn, "floor", "POST", FLOOR_PATH, body, headers)
 
     return step
 
@@ -103,6 +125,10 @@ async def _drive(plan: dict) -> dict:
         rec = await loadgen.closed_loop(
             plan["concurrency"], plan["base_url"], _healthz_step(), seconds=plan["seconds"]
         )
+    elif plan["mode"] == "floor":
+        rec = await loadgen.closed_loop(
+            plan["concurrency"], plan["base_url"], _floor_step(bodies), seconds=plan["seconds"]
+        )
     else:
         rec = await _post_all(plan, bodies)
     out = rec.as_dict()
@@ -121,6 +147,7 @@ def drive_main(plan_path: str, out_path: str) -> None:
 
 
 WORKER_APP_NAME = "stripe-worker"  # the worker's PostgreSQL backends, told apart by this
+INTAKE = ("server", "postgres")  # whose CPU a request costs (with the load generator's)
 
 
 class CpuMeter:
@@ -157,6 +184,24 @@ def _per_request(
         ms["load generator"] = driver_s * 1000 / n
     ms["total"] = sum(ms.values())
     return {k: round(v, 3) for k, v in ms.items()}
+
+
+def _create_floor_table(url: str) -> None:
+    """The floor's table: an id and the body, stored as stripe_events stores its payload."""
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text(f"CREATE TABLE {FLOOR_TABLE} (id text PRIMARY KEY, payload json)"))
+        lz4 = conn.execute(
+            sa.text(
+                "SELECT 'lz4' = ANY (enumvals) FROM pg_settings "
+                "WHERE name = 'default_toast_compression'"
+            )
+        ).scalar()
+        if lz4:  # as stripe_events.payload (billing/stripe_sync/models.py)
+            conn.execute(
+                sa.text(f"ALTER TABLE {FLOOR_TABLE} ALTER COLUMN payload SET COMPRESSION lz4")
+            )
+    engine.dispose()
 
 
 def _final_state(url: str) -> dict:
@@ -206,6 +251,8 @@ def run(args) -> dict:
         unique = events[: int(args.events * (1 - args.duplicates))]
         deliveries = unique + rnd.sample(unique, min(args.events - len(unique), len(unique)))
         rnd.shuffle(deliveries)
+        if args.floor_seconds:
+            _create_floor_table(url)
         common.analyze(url)
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
             json.dump(deliveries, f)
@@ -216,6 +263,7 @@ def run(args) -> dict:
             workers=args.workers,
             threads=args.threads,
             env={"STRIPE_WEBHOOK_PROCESSING": args.mode},
+            **({"app": FLOOR_APP} if args.floor_seconds else {}),
         )
         workers = [
             common.Worker(
@@ -235,7 +283,23 @@ def run(args) -> dict:
             health = common.run_driver(
                 __file__, {**base, "mode": "healthz", "seconds": args.healthz_seconds}, 120
             )
-            c1 = meter.sample()
+            c1 = healthz_done = meter.sample()
+            floor = floor_cpu = None
+            if args.floor_seconds:
+                floor = common.run_driver(
+                    __file__,
+                    {
+                        **base,
+                        "mode": "floor",
+                        "events_file": events_file,
+                        "seconds": args.floor_seconds,
+                    },
+                    args.floor_seconds + 120,
+                )
+                c1f = meter.sample()
+                floor_n = floor["statuses"].get("floor", {}).get("200", 0)
+                floor_cpu = _per_request(c1, c1f, floor["driver_cpu_s"], floor_n, INTAKE)
+                c1 = c1f  # the deliveries' CPU from here
             out = common.run_driver(
                 __file__,
                 {**base, "mode": "events", "events_file": events_file, "seconds": args.seconds},
@@ -268,7 +332,6 @@ def run(args) -> dict:
     health_n = health["statuses"]["get"].get("200", 0)
     health_rps = health_n / health["elapsed"]
     rate = sent / out["elapsed"]
-    intake_keys = ("server", "postgres")
     end_to_end_s = (drained_wall - out["started_wall"]) if drained_wall else out["elapsed"]
     handled = sum(final["stored_by_status"].get(k, 0) for k in ("processed", "ignored", "flagged"))
     result.update(
@@ -286,8 +349,9 @@ def run(args) -> dict:
         healthz_per_s=round(health_rps, 1),
         healthz_latency_ms=common.summarize_ms(health["latencies"].get("get", [])),
         share_of_healthz=common.ratio(rate, health_rps),
-        cpu_ms_per_event=_per_request(c1, c2, out["driver_cpu_s"], sent, intake_keys),
-        cpu_ms_per_healthz=_per_request(c0, c1, health["driver_cpu_s"], health_n, intake_keys),
+        **_floor_figures(floor, floor_cpu, rate, health_rps),
+        cpu_ms_per_event=_per_request(c1, c2, out["driver_cpu_s"], sent, INTAKE),
+        cpu_ms_per_healthz=_per_request(c0, healthz_done, health["driver_cpu_s"], health_n, INTAKE),
         # What the worker did while the deliveries came in, per delivery (it competes for the
         # same 2 cores, at nice 10 as deployed).
         worker_cpu_ms_during_intake=_per_request(c1, c2, 0, sent, ("worker", "worker postgres")),
@@ -325,6 +389,21 @@ def run(args) -> dict:
     return result
 
 
+def _floor_figures(floor: dict | None, floor_cpu: dict | None, rate: float, health_rps: float):
+    if floor is None:
+        return {}
+    n = floor["statuses"].get("floor", {}).get("200", 0)
+    per_s = n / floor["elapsed"]
+    return {
+        "floor_per_s": round(per_s, 1),
+        "floor_latency_ms": common.summarize_ms(floor["latencies"].get("floor", [])),
+        "floor_not_stored": sum(floor["statuses"].get("floor", {}).values()) - n,
+        "share_of_floor": common.ratio(rate, per_s),
+        "floor_share_of_healthz": common.ratio(per_s, health_rps),
+        "cpu_ms_per_floor": floor_cpu,
+    }
+
+
 def report(result: dict) -> None:
     lat = result["latency_ms"]
     queued = result["mode"] == "queued"
@@ -348,6 +427,15 @@ def report(result: dict) -> None:
             ("/healthz requests/s (baseline)", result["healthz_per_s"]),
             ("  /healthz p95 ms", result["healthz_latency_ms"]["p95"]),
             ("share of /healthz throughput", result["share_of_healthz"]),
+            *(
+                [
+                    ("the floor req/s (body + one durable insert)", result["floor_per_s"]),
+                    ("  share of the floor the deliveries reach", result["share_of_floor"]),
+                    ("  the floor's share of /healthz", result["floor_share_of_healthz"]),
+                ]
+                if "floor_per_s" in result
+                else []
+            ),
             ("target >= 500 events/s met", result["meets_rate"]),
             ("target >= 50 % of /healthz met", result["meets_share"]),
             ("end to end: first delivery to every event acted on, s", result["end_to_end_s"]),
@@ -360,18 +448,24 @@ def report(result: dict) -> None:
         ],
     )
     event_cpu, health_cpu = result["cpu_ms_per_event"], result["cpu_ms_per_healthz"]
+    floor_cpu = result.get("cpu_ms_per_floor") or {}
     common.print_table(
-        "CPU ms per request (delivery | /healthz)",
+        "CPU ms per request (delivery | floor | /healthz)",
         [
-            (name, f"{event_cpu.get(name, 0):.3f} | {health_cpu.get(name, 0):.3f}")
+            (
+                name,
+                f"{event_cpu.get(name, 0):.3f} | {floor_cpu.get(name, 0):.3f} | "
+                f"{health_cpu.get(name, 0):.3f}",
+            )
             for name in ("server", "postgres", "load generator", "total")
         ]
         + [
             (
                 "what 2 idle cores could do (req/s)",
-                f"{2000 / event_cpu['total']:.0f} | {2000 / health_cpu['total']:.0f}"
-                if event_cpu.get("total") and health_cpu.get("total")
-                else "-",
+                " | ".join(
+                    f"{2000 / c['total']:.0f}" if c.get("total") else "-"
+                    for c in (event_cpu, floor_cpu, health_cpu)
+                ),
             )
         ],
     )
@@ -427,6 +521,12 @@ def main(argv: list[str] | None = None) -> dict | None:
     )
     parser.add_argument("--seconds", type=float, default=600, help="stop sending after this long")
     parser.add_argument("--healthz-seconds", type=float, default=5)
+    parser.add_argument(
+        "--floor-seconds",
+        type=float,
+        default=5,
+        help="the floor (bench/floor_app.py: the body stored, nothing else) for this long; 0: not",
+    )
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument(
         "--mode",
