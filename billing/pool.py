@@ -181,10 +181,10 @@ class AutocommitConnections:
     detached from it, switched to autocommit once and kept in a plain list.
 
     The statement is prepared once on each connection and run through libpq's own call
-    (psycopg.pq), its parameters dumped by psycopg's adapters: psycopg's `execute` around the
-    same round trip cost ~50 µs more of CPU in process, and ~12 % of a bare insert's CPU in
-    gunicorn (bench/HISTORY.md, the eleventh session). The wait for the database is one call
-    without the GIL.
+    (psycopg.pq), its parameters dumped by psycopg's adapters as its `execute` would: around the
+    same round trip, `execute` cost the door's insert 91 µs of CPU in process against 49, and
+    ~10 % more of gunicorn's CPU a delivery (bench/HISTORY.md, the eleventh session). The wait
+    for the database is one call without the GIL.
 
     A connection whose statement fails is closed, never kept. `execute` tries once more on a new
     connection when the first fails for the connection's sake (the database restarted or dropped
