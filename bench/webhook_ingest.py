@@ -20,8 +20,8 @@ floor (bench/floor_app.py, same server, same senders, the same bodies): each bod
 row, durably, and nothing else done; what the door reaches of it is what its own work costs,
 and what the floor reaches of /healthz bounds any durable intake on this server. End to end,
 the time from the first delivery until the worker has acted on every event, and events acted
-on per second; the final state (every event processed, ignored or flagged, none failed or waiting, no
-period granted twice). `--mode inline` measures the old path, where the request acts.
+on per second; the final state (every event processed, ignored or flagged, none failed or
+waiting, no period granted twice). `--mode inline` measures the old path, where the request acts.
 
 Also reported, because on a shared 2-core machine throughput moves with whatever else runs: the
 CPU time each request cost, split between gunicorn (master and workers), PostgreSQL (the
@@ -284,7 +284,7 @@ def run(args) -> dict:
                 __file__, {**base, "mode": "healthz", "seconds": args.healthz_seconds}, 120
             )
             c1 = healthz_done = meter.sample()
-            floor = floor_cpu = None
+            floor = floor_done = None
             if args.floor_seconds:
                 floor = common.run_driver(
                     __file__,
@@ -296,10 +296,7 @@ def run(args) -> dict:
                     },
                     args.floor_seconds + 120,
                 )
-                c1f = meter.sample()
-                floor_n = floor["statuses"].get("floor", {}).get("200", 0)
-                floor_cpu = _per_request(c1, c1f, floor["driver_cpu_s"], floor_n, INTAKE)
-                c1 = c1f  # the deliveries' CPU from here
+                c1 = floor_done = meter.sample()  # the deliveries' CPU from here
             out = common.run_driver(
                 __file__,
                 {**base, "mode": "events", "events_file": events_file, "seconds": args.seconds},
@@ -349,7 +346,7 @@ def run(args) -> dict:
         healthz_per_s=round(health_rps, 1),
         healthz_latency_ms=common.summarize_ms(health["latencies"].get("get", [])),
         share_of_healthz=common.ratio(rate, health_rps),
-        **_floor_figures(floor, floor_cpu, rate, health_rps),
+        **_floor_figures(floor, (healthz_done, floor_done), rate, health_rps),
         cpu_ms_per_event=_per_request(c1, c2, out["driver_cpu_s"], sent, INTAKE),
         cpu_ms_per_healthz=_per_request(c0, healthz_done, health["driver_cpu_s"], health_n, INTAKE),
         # What the worker did while the deliveries came in, per delivery (it competes for the
@@ -389,7 +386,8 @@ def run(args) -> dict:
     return result
 
 
-def _floor_figures(floor: dict | None, floor_cpu: dict | None, rate: float, health_rps: float):
+def _floor_figures(floor: dict | None, cpu_samples: tuple, rate: float, health_rps: float):
+    """The floor's rate and CPU a request (between the two samples), and the two shares."""
     if floor is None:
         return {}
     n = floor["statuses"].get("floor", {}).get("200", 0)
@@ -400,7 +398,7 @@ def _floor_figures(floor: dict | None, floor_cpu: dict | None, rate: float, heal
         "floor_not_stored": sum(floor["statuses"].get("floor", {}).values()) - n,
         "share_of_floor": common.ratio(rate, per_s),
         "floor_share_of_healthz": common.ratio(per_s, health_rps),
-        "cpu_ms_per_floor": floor_cpu,
+        "cpu_ms_per_floor": _per_request(*cpu_samples, floor["driver_cpu_s"], n, INTAKE),
     }
 
 
