@@ -76,11 +76,16 @@ def default_threads() -> int:
 
 
 def app_config(url: str, **overrides: Any) -> dict[str, Any]:
-    """The configuration a benchmark's own process uses to seed and check (not the server's)."""
+    """The configuration a benchmark's own process uses to seed and check (not the server's).
+
+    Not debug, as the server is not: create_app lays a dict of settings over BILLING_ENV's
+    class, development's by default, whose DEBUG pretty-prints every JSON response through
+    the json module's pure-Python encoder, a cost the server never pays."""
     from config import TestingConfig
 
     config = {k: getattr(TestingConfig, k) for k in dir(TestingConfig) if k.isupper()}
     config.update(
+        DEBUG=False,
         TESTING=False,
         SQLALCHEMY_DATABASE_URI=url,
         SCHEMA_FROM_MODELS=True,

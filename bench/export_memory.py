@@ -80,7 +80,7 @@ def make_app(url: str):
     from config import TestingConfig
 
     config = {k: getattr(TestingConfig, k) for k in dir(TestingConfig) if k.isupper()}
-    config.update(TESTING=False, SQLALCHEMY_DATABASE_URI=url, SCHEMA_FROM_MODELS=True)
+    config.update(DEBUG=False, TESTING=False, SQLALCHEMY_DATABASE_URI=url, SCHEMA_FROM_MODELS=True)
     return create_app(config)
 
 
