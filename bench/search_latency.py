@@ -266,9 +266,10 @@ def expected_pages(url: str, pairs) -> list[list[int]]:
 
 def in_process_timings(url: str, key: str, pairs) -> tuple[dict, float, float, list[list[int]]]:
     """The app without HTTP: Flask's test client, one search after another, with the server's
-    settings (common.make_app's: not debug, so compact JSON). Returns the latencies, SQL statements per search, this
-    process's CPU per search (the app's own cost, PostgreSQL's excluded: steadier than a wall
-    clock on a shared machine) and each query's page (member ids)."""
+    settings (common.make_app's: not debug, so compact JSON). Returns the latencies, SQL
+    statements per search, this process's CPU per search (the app's own cost, PostgreSQL's
+    excluded: steadier than a wall clock on a shared machine) and each query's page (member
+    ids)."""
     from billing.extensions import db
 
     app = common.make_app(url)
