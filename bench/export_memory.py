@@ -44,6 +44,8 @@ if str(ROOT) not in sys.path:
 
 import sqlalchemy as sa  # noqa: E402
 
+from bench import common  # noqa: E402
+
 EXPORTS = ("credit-ledger", "ledger-entries")
 START = datetime(2026, 2, 28, 16, 0, tzinfo=UTC)  # 1 March 2026, midnight in Singapore
 QUERY = {"from": "2026-03-01", "to": "2026-03-31"}
@@ -75,15 +77,6 @@ def peak_rss_mb(pid: int | str = "self") -> float:
     return 0.0
 
 
-def make_app(url: str):
-    from billing import create_app
-    from config import TestingConfig
-
-    config = {k: getattr(TestingConfig, k) for k in dir(TestingConfig) if k.isupper()}
-    config.update(DEBUG=False, TESTING=False, SQLALCHEMY_DATABASE_URI=url, SCHEMA_FROM_MODELS=True)
-    return create_app(config)
-
-
 # ---------------------------------------------------------------------------------------------
 # Seeding
 
@@ -96,7 +89,7 @@ def seed(url: str, entries: int) -> None:
     from billing.memberships.models import Membership
     from billing.plans.models import Plan, PlanItem, PlanVersion, Treatment
 
-    app = make_app(url)
+    app = common.make_app(url)
     with app.app_context():
         db.create_all()
         conn = db.session.connection()
@@ -208,7 +201,7 @@ def seed(url: str, entries: int) -> None:
             for i in ids:
                 membership = (i - 1) // CREDITS_PER_MEMBERSHIP % memberships + 1
                 granted = START + timedelta(seconds=membership)
-                common = {
+                shared = {
                     "credit_id": i,
                     "membership_id": membership,
                     "currency": "SGD",
@@ -239,7 +232,7 @@ def seed(url: str, entries: int) -> None:
                 entry_id += 1
                 entry_rows.append(
                     {
-                        **common,
+                        **shared,
                         "id": entry_id,
                         "kind": "grant",
                         "quantity": 1,
@@ -252,7 +245,7 @@ def seed(url: str, entries: int) -> None:
                 if i % 5 == 0:  # recorded by a late expiry job: counts at the expiry
                     entry_rows.append(
                         {
-                            **common,
+                            **shared,
                             "id": entry_id,
                             "kind": "expire",
                             "quantity": -1,
@@ -264,7 +257,7 @@ def seed(url: str, entries: int) -> None:
                 else:
                     entry_rows.append(
                         {
-                            **common,
+                            **shared,
                             "id": entry_id,
                             "kind": "redeem",
                             "quantity": -1,
@@ -291,7 +284,7 @@ def run_export(url: str, export: str) -> dict:
     from billing.auth.service import create_api_key
     from billing.extensions import db
 
-    app = make_app(url)
+    app = common.make_app(url)
     with app.app_context():
         _, key = create_api_key(name="bench", role="finance")
         db.session.commit()

@@ -390,12 +390,13 @@ def _floor_figures(floor: dict | None, cpu_samples: tuple, rate: float, health_r
     """The floor's rate and CPU a request (between the two samples), and the two shares."""
     if floor is None:
         return {}
-    n = floor["statuses"].get("floor", {}).get("200", 0)
+    statuses = floor["statuses"].get("floor", {})
+    n = statuses.get("200", 0)
     per_s = n / floor["elapsed"]
     return {
         "floor_per_s": round(per_s, 1),
         "floor_latency_ms": common.summarize_ms(floor["latencies"].get("floor", [])),
-        "floor_not_stored": sum(floor["statuses"].get("floor", {}).values()) - n,
+        "floor_not_stored": sum(statuses.values()) - n,
         "share_of_floor": common.ratio(rate, per_s),
         "floor_share_of_healthz": common.ratio(per_s, health_rps),
         "cpu_ms_per_floor": _per_request(*cpu_samples, floor["driver_cpu_s"], n, INTAKE),
